@@ -1,0 +1,70 @@
+"""Where the Hydra configs live, and composing them from Python (tests, the tiny-model builder)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from kdyn.errors import KdynError
+
+
+def _find_conf_dir() -> Path:
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "conf", here.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise KdynError(
+        "cannot find kdyn's conf/ folder; install kdyn from its repository with `pip install -e .`"
+    )
+
+
+CONF_DIR = _find_conf_dir()
+
+# Config groups whose chosen option names a run (W&B name/tags, results.json "groups").
+RUN_GROUPS = ("model", "corpus", "intervention", "trainer", "logger", "experiment")
+
+
+def compose_config(config_name: str, overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with overrides, inside or outside a running Hydra app."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        if GlobalHydra.instance().is_initialized():
+            return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise KdynError(f"cannot compose {config_name} with overrides {list(overrides)}: {e}") from None
+
+
+def chosen_groups(cfg: DictConfig) -> dict[str, str | None]:
+    """The option chosen in each run-defining config group (``model: pythia-160m`` …)."""
+    choices: Mapping[str, Any] = {}
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            choices = HydraConfig.get().runtime.choices
+    except Exception:  # noqa: BLE001 - outside a Hydra app there are simply no recorded choices
+        choices = {}
+    out: dict[str, str | None] = {}
+    for group in RUN_GROUPS:
+        value = choices.get(group) if choices else None
+        if value is None and group in ("model", "corpus", "intervention"):
+            node = cfg.get(group)
+            value = node.get("name") if isinstance(node, DictConfig) else None
+        out[group] = None if value is None else str(value)
+    return out
+
+
+def to_plain(node: Any) -> Any:
+    """A resolved plain container (dict/list/scalars) of a config node."""
+    if isinstance(node, DictConfig) or OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True)
+    return node

@@ -1,0 +1,171 @@
+"""The training stream: a corpus packed into ``seq_len`` rows, served as batches indexed by step.
+
+The batch of optimizer step ``s`` is a pure function of ``s`` (and the seed): global batch ``s``
+holds the packed rows at stream positions ``s·G … s·G+G−1`` (``G`` = ``data.batch_size`` ×
+devices × gradient-accumulation steps), in corpus order or in a seeded per-epoch permutation. So
+
+* a resumed run continues exactly where it stopped (the loader starts at the restored step);
+* injections (issue: knowledge injection) are transforms keyed by step and global row;
+* under DDP each rank takes its own slice of the global batch — no sampler is involved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from kdyn.data import corpora
+from kdyn.data.packing import iter_packed_rows, pack_rows
+from kdyn.errors import KdynError
+
+# transform(batch, step, global_rows) -> batch; global_rows are the rows' positions in the global batch.
+BatchTransform = Callable[[dict, int, torch.Tensor], dict]
+
+
+class TrainingStream(Dataset):
+    """Micro-batch ``k`` → this rank's batch (``step = k // accumulate``)."""
+
+    def __init__(self, rows: torch.Tensor, batch_size: int, *, world_size: int = 1, rank: int = 0,
+                 accumulate: int = 1, shuffle: bool = False, seed: int = 0,
+                 transforms: list[BatchTransform] | None = None, start_step: int = 0, num_steps: int = 0):
+        self.rows, self.batch_size = rows, batch_size
+        self.world_size, self.rank, self.accumulate = world_size, rank, accumulate
+        self.shuffle, self.seed = shuffle, seed
+        self.transforms = list(transforms or [])
+        self.start_step, self.num_steps = start_step, num_steps
+        self._perm_epoch, self._perm = -1, None
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size * self.accumulate
+
+    def __len__(self) -> int:
+        return max(0, self.num_steps - self.start_step) * self.accumulate
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        micro_index = self.start_step * self.accumulate + k
+        step, micro = divmod(micro_index, self.accumulate)
+        global_rows = (micro * self.world_size + self.rank) * self.batch_size + torch.arange(self.batch_size)
+        ids = self.rows_at(step * self.global_batch_size + global_rows)
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "step": torch.tensor(step)}
+        for transform in self.transforms:
+            batch = transform(batch, step, global_rows)
+        return batch
+
+    def rows_at(self, positions: torch.Tensor) -> torch.Tensor:
+        """Packed rows at absolute stream positions (wrapping into further epochs)."""
+        n = self.rows.shape[0]
+        out = torch.empty((len(positions), self.rows.shape[1]), dtype=self.rows.dtype)
+        for i, pos in enumerate(positions.tolist()):
+            epoch, offset = divmod(pos, n)
+            out[i] = self.rows[self._order(epoch)[offset] if self.shuffle else offset]
+        return out
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.rows.shape[0], generator=gen), epoch
+        return self._perm
+
+
+class StreamingTrainingStream(IterableDataset):
+    """The same contract for streamed corpora: rows in stream order, resumable by skipping."""
+
+    def __init__(self, corpus: Mapping[str, Any], tokenizer, seq_len: int, batch_size: int, *, world_size: int = 1,
+                 rank: int = 0, accumulate: int = 1, transforms: list[BatchTransform] | None = None,
+                 start_step: int = 0, num_steps: int = 0):
+        self.corpus, self.tokenizer, self.seq_len, self.batch_size = dict(corpus), tokenizer, seq_len, batch_size
+        self.world_size, self.rank, self.accumulate = world_size, rank, accumulate
+        self.transforms = list(transforms or [])
+        self.start_step, self.num_steps = start_step, num_steps
+
+    def __iter__(self):
+        rows = iter_packed_rows(corpora.iter_documents(self.corpus), self.tokenizer, self.seq_len)
+        per_micro = self.batch_size * self.world_size
+        skip = self.start_step * self.accumulate * per_micro
+        micro_index, buffer = self.start_step * self.accumulate, []
+        for pos, row in enumerate(rows):
+            if pos < skip:
+                continue
+            buffer.append(row)
+            if len(buffer) < per_micro:
+                continue
+            step = micro_index // self.accumulate
+            if step >= self.num_steps:
+                return
+            micro = micro_index % self.accumulate
+            local = buffer[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+            ids = torch.tensor(local, dtype=torch.long)
+            global_rows = (micro * self.world_size + self.rank) * self.batch_size + torch.arange(self.batch_size)
+            batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "step": torch.tensor(step)}
+            for transform in self.transforms:
+                batch = transform(batch, step, global_rows)
+            yield batch
+            buffer, micro_index = [], micro_index + 1
+
+
+class CorpusDataModule(pl.LightningDataModule):
+    """``corpus`` and ``data`` config nodes → the training stream.
+
+    ``corpus.shuffle=false`` (the default) serves rows in corpus order, as the papers train; with
+    ``true`` each epoch is a seeded permutation (``seed``).
+    """
+
+    def __init__(self, corpus: Mapping[str, Any], data: Mapping[str, Any], tokenizer, seed: int = 0):
+        super().__init__()
+        self.corpus, self.data, self.tokenizer, self.seed = dict(corpus), dict(data), tokenizer, seed
+        self.rows: torch.Tensor | None = None
+        self.transforms: list[BatchTransform] = []
+
+    @property
+    def streaming(self) -> bool:
+        return self.corpus.get("name") == "hub" and bool(self.corpus.get("streaming", True))
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.data["seq_len"])
+
+    def prepare_rows(self) -> None:
+        """Tokenise and pack now (called before training starts so input errors surface early)."""
+        if self.rows is not None or self.streaming:
+            return
+        rows = pack_rows(corpora.load_documents(self.corpus), self.tokenizer, self.seq_len, self.data.get("max_rows"))
+        if rows.shape[0] < int(self.data["batch_size"]):
+            raise KdynError(
+                f"corpus {corpora.describe(self.corpus)} packs into {rows.shape[0]} rows of {self.seq_len} tokens, "
+                f"fewer than one batch (data.batch_size={self.data['batch_size']}); lower data.batch_size or data.seq_len"
+            )
+        self.rows = rows
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        world_size = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        start = trainer.global_step if trainer is not None else 0
+        num_steps = self.total_steps(trainer)
+        common = dict(world_size=world_size, rank=rank, accumulate=accumulate, transforms=self.transforms,
+                      start_step=start, num_steps=num_steps)
+        if self.streaming:
+            dataset = StreamingTrainingStream(self.corpus, self.tokenizer, self.seq_len, int(self.data["batch_size"]), **common)
+        else:
+            self.prepare_rows()
+            dataset = TrainingStream(self.rows, int(self.data["batch_size"]), shuffle=bool(self.corpus.get("shuffle", False)),
+                                     seed=int(self.seed), **common)
+        workers = int(self.data.get("num_workers", 0))
+        return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False)
+
+    def total_steps(self, trainer=None) -> int:
+        """Optimizer steps of the run: ``trainer.max_steps``, or ``data.epochs`` passes over the corpus."""
+        if trainer is not None and trainer.max_steps and trainer.max_steps > 0:
+            return int(trainer.max_steps)
+        if self.rows is None:
+            raise KdynError("a streamed corpus has no known length: set trainer.max_steps")
+        world = trainer.world_size if trainer is not None else 1
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        per_step = int(self.data["batch_size"]) * world * accumulate
+        return max(1, int(float(self.data.get("epochs", 1)) * self.rows.shape[0]) // per_step)

@@ -1,0 +1,140 @@
+"""The LightningModule: next-token training of any Hugging Face causal LM.
+
+Read top to bottom: forward → loss (padding ignored, fp32 cross-entropy) → AdamW with decay/no-decay
+groups (and optional per-parameter learning-rate multipliers, used by ``intervention=localize_alr``)
+→ warmup + cosine/linear/constant schedule. Frozen parameters (``requires_grad=False``) never reach
+the optimizer, so no state, weight decay or momentum touches them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdyn.errors import KdynError
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def lr_lambda(step: int, *, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:
+    """Multiplier of the peak learning rate after ``step`` optimizer steps."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, max(0.0, (step - warmup_steps) / decay_steps))
+    if schedule == "cosine":
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return min_lr_ratio + (1.0 - min_lr_ratio) * (1.0 - progress)
+    raise KdynError(f"unknown optim.scheduler {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                   labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token cross-entropy over non-padding targets; returns (loss, number of targets)."""
+    if labels is None:
+        labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -100)
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    n_targets = (shift_labels != -100).sum()
+    loss = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    return loss / n_targets.clamp(min=1), n_targets
+
+
+class CausalLMModule(pl.LightningModule):
+    """Wraps a loaded HF causal LM; ``optim`` is the plain-dict ``optim`` config node."""
+
+    def __init__(self, model: nn.Module, optim: Mapping[str, Any], run_info: Mapping[str, Any] | None = None):
+        super().__init__()
+        self.model = model
+        self.optim = dict(optim)
+        if self.optim.get("scheduler", "cosine") not in SCHEDULES:
+            raise KdynError(f"unknown optim.scheduler {self.optim['scheduler']!r}; choose one of {', '.join(SCHEDULES)}")
+        # Plain containers only, so checkpoints reload with torch.load(weights_only=True).
+        self.save_hyperparameters({"optim": self.optim, "run": dict(run_info or {})})
+        # name -> learning-rate multiplier; set by interventions before the optimizer is built.
+        self.lr_multipliers: dict[str, float] = {}
+        self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long), persistent=True)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch.get("attention_mask"))
+        loss, n_targets = causal_lm_loss(logits, batch["input_ids"], batch.get("attention_mask"), batch.get("labels"))
+        mask = batch.get("attention_mask")
+        n_tokens = mask.sum() if mask is not None else torch.tensor(batch["input_ids"].numel(), device=self.device)
+        self.tokens_seen += n_tokens.to(self.tokens_seen.dtype)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("train/tokens_seen", self.tokens_seen.float(), on_step=True, on_epoch=False)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        schedulers = self.lr_schedulers()
+        if schedulers is not None:
+            self.log("train/lr", schedulers.get_last_lr()[0], on_step=True, on_epoch=False)
+
+    # ----------------------------------------------------------------------------------- optimizer
+    def configure_optimizers(self):
+        groups = self.parameter_groups()
+        if not groups:
+            raise KdynError("no trainable parameters: every parameter is frozen; check the intervention's layer choice")
+        betas = tuple(self.optim.get("betas", (0.9, 0.95)))
+        optimizer = torch.optim.AdamW(groups, lr=self.optim["lr"], betas=betas, eps=self.optim.get("eps", 1e-8))
+        total = self._total_steps()
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: lr_lambda(
+                step,
+                warmup_steps=int(self.optim.get("warmup_steps", 0)),
+                total_steps=total,
+                schedule=self.optim.get("scheduler", "cosine"),
+                min_lr_ratio=float(self.optim.get("min_lr_ratio", 0.1)),
+            ),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups keyed by (weight decay?, lr multiplier); frozen parameters are left out.
+
+        Matrices get ``optim.weight_decay``; biases, norms and other vectors get none. Parameters
+        that share a multiplier share a group, so the LR scheduler scales every group alike and
+        per-layer rates keep their ratios through warmup and decay.
+        """
+        lr, weight_decay = float(self.optim["lr"]), float(self.optim.get("weight_decay", 0.0))
+        buckets: dict[tuple[bool, float], list[nn.Parameter]] = {}
+        names: dict[tuple[bool, float], list[str]] = {}
+        for name, param in self.model.named_parameters():
+            if not param.requires_grad:
+                continue
+            key = (param.ndim >= 2, float(self.lr_multipliers.get(name, 1.0)))
+            buckets.setdefault(key, []).append(param)
+            names.setdefault(key, []).append(name)
+        groups = []
+        for (decay, mult), params in sorted(buckets.items(), key=lambda kv: (not kv[0][0], kv[0][1])):
+            groups.append({
+                "params": params,
+                "param_names": names[(decay, mult)],
+                "lr": lr * mult,
+                "lr_multiplier": mult,
+                "weight_decay": weight_decay if decay else 0.0,
+            })
+        return groups
+
+    def _total_steps(self) -> int:
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.max_steps and trainer.max_steps > 0:
+            return int(trainer.max_steps)
+        if trainer is not None:
+            return int(trainer.estimated_stepping_batches)
+        return int(self.optim.get("total_steps", 1000))

@@ -1,0 +1,152 @@
+"""Pieces of a training run built from config: callbacks, loggers, the Trainer, the summary table."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from kdyn.errors import KdynError
+
+log = logging.getLogger("kdyn.run")
+
+
+def build_callbacks(cfg: DictConfig, loaded: Any = None) -> list[pl.Callback]:
+    """Instantiate every enabled node of ``cfg.callbacks`` (a dict of named ``_target_`` nodes).
+
+    A node is skipped when it is null or has ``enabled: false``; ``enabled`` is not passed on.
+    """
+    callbacks = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None or not node.get("enabled", True):
+            continue
+        if "_target_" not in node:
+            raise KdynError(f"callbacks.{name} has no _target_ (the callback class to build)")
+        params = OmegaConf.to_container(node, resolve=True)
+        params.pop("enabled", None)
+        try:
+            callbacks.append(instantiate(params, _convert_="all"))
+        except Exception as e:  # instantiate wraps constructor errors; unwrap ours
+            raise _unwrap(e, f"callbacks.{name}") from None
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig, groups: Mapping[str, str | None]) -> list[Any]:
+    """Instantiate ``cfg.logger`` nodes; W&B runs are named, grouped and tagged from the chosen groups."""
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None:
+            continue
+        params = OmegaConf.to_container(node, resolve=True)
+        if str(params.get("_target_", "")).endswith("WandbLogger"):
+            _fill_wandb(params, cfg, groups)
+        try:
+            loggers.append(instantiate(params, _convert_="all"))
+        except Exception as e:
+            raise _unwrap(e, f"logger.{name}") from None
+    return loggers
+
+
+def run_name(cfg: DictConfig, groups: Mapping[str, str | None]) -> str:
+    model = groups.get("model") or "model"
+    step = OmegaConf.select(cfg, "model.step")
+    parts = [f"{model}@{step}" if step is not None else model, groups.get("corpus"), groups.get("intervention")]
+    if groups.get("experiment"):
+        parts.insert(0, groups["experiment"])
+    return "-".join(str(p) for p in parts if p)
+
+
+def _fill_wandb(params: dict, cfg: DictConfig, groups: Mapping[str, str | None]) -> None:
+    params["name"] = params.get("name") or run_name(cfg, groups)
+    tags = list(params.get("tags") or [])
+    for key in ("model", "corpus", "intervention", "experiment"):
+        if groups.get(key):
+            tags.append(f"{key}:{groups[key]}")
+    step = OmegaConf.select(cfg, "model.step")
+    if step is not None:
+        tags.append(f"step:{step}")
+    params["tags"] = tags
+    if params.get("mode") is None:
+        params["mode"] = os.environ.get("WANDB_MODE", "offline")
+    params.pop("offline", None)
+
+
+def finish_loggers(loggers: list[Any]) -> None:
+    """Close W&B runs so sequential multirun jobs never share one."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            try:
+                import wandb
+
+                if wandb.run is not None:
+                    wandb.finish()
+            except Exception as e:  # noqa: BLE001 - closing must never hide the run's own error
+                log.warning("could not close the W&B run: %s", e)
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
+    params = OmegaConf.to_container(cfg.trainer, resolve=True)
+    params.setdefault("_target_", "lightning.pytorch.Trainer")
+    try:
+        return instantiate(
+            params,
+            callbacks=callbacks,
+            logger=loggers or False,
+            default_root_dir=str(cfg.paths.output_dir),
+            use_distributed_sampler=False,  # the training stream slices batches per rank itself
+            enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
+            _convert_="all",
+        )
+    except Exception as e:
+        raise _unwrap(e, "trainer") from None
+
+
+def resume_path(cfg: DictConfig) -> str | None:
+    """``checkpoints/last.ckpt`` of this run folder, when a previous attempt left one."""
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() and cfg.get("resume", True) else None
+
+
+def print_summary(tool: str, results: Mapping[str, Any]) -> None:
+    model = results.get("model", {})
+    groups = results.get("groups", {})
+    rows = [
+        ("model", f"{model.get('name')} (step {model.get('step')})" if model.get("step") is not None else model.get("name")),
+        ("corpus", groups.get("corpus")),
+        ("intervention", groups.get("intervention")),
+        ("steps", results.get("steps")),
+        ("tokens seen", f"{results.get('tokens_seen', 0):,}"),
+        ("final loss", _loss_text(results)),
+        ("wall time", f"{results.get('wall_time_s', 0):.1f} s ({results.get('tokens_per_s', 0):,.0f} tokens/s in training)"),
+    ]
+    rows += list(results.get("summary_rows", []))
+    width = max(len(str(k)) for k, _ in rows)
+    lines = [f"{tool} {results.get('status', 'finished')}: {results.get('output_dir')}"]
+    lines += [f"  {str(k).ljust(width)}  {v}" for k, v in rows if v is not None]
+    print("\n".join(lines), flush=True)
+
+
+def _loss_text(results: Mapping[str, Any]) -> str | None:
+    if results.get("final_loss") is None:
+        return None
+    text = f"{results['final_loss']:.4f}"
+    if results.get("final_loss_mean10") is not None:
+        text += f" (mean of last 10 steps {results['final_loss_mean10']:.4f}; first step {results['first_loss']:.4f})"
+    return text
+
+
+def _unwrap(error: Exception, where: str) -> Exception:
+    """Hydra's instantiate wraps constructor errors; surface a KdynError or a one-line message."""
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, KdynError):
+        return cause
+    message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return KdynError(f"cannot build {where}: {message}")

@@ -1,0 +1,96 @@
+"""``kdyn-train``: continual (pre)training of any causal-LM checkpoint, configured by Hydra.
+
+compose (conf/train.yaml) → load model + corpus (validated before anything runs) → callbacks,
+loggers, Trainer → ``fit`` (resuming from ``checkpoints/last.ckpt`` when the run folder has one) →
+``results.json`` + a summary table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from kdyn.config import CONF_DIR, chosen_groups, to_plain
+from kdyn.errors import KdynError
+from kdyn.utils.entry import RunStarted, run_entry
+from kdyn.utils.io import atomic_write_json
+
+log = logging.getLogger("kdyn.train")
+
+
+def train(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]:
+    """Run one training job described by a composed ``train`` config; returns its results."""
+    from kdyn.callbacks.summary import RunSummary
+    from kdyn.data.datamodule import CorpusDataModule
+    from kdyn.models.loading import load_model
+    from kdyn.module import CausalLMModule
+    from kdyn.run import build_callbacks, build_loggers, build_trainer, finish_loggers, print_summary, resume_path
+
+    state = state or RunStarted()
+    started = time.time()
+    out = Path(cfg.paths.output_dir)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+
+    # 1. Everything that can be wrong with the input fails here, before a run folder holds anything.
+    loaded = load_model(to_plain(cfg.model), tokenizer_corpus=to_plain(cfg.corpus), seq_len=int(cfg.data.seq_len))
+    datamodule = CorpusDataModule(to_plain(cfg.corpus), to_plain(cfg.data), loaded.tokenizer, seed=int(cfg.seed))
+    datamodule.prepare_rows()
+    groups = chosen_groups(cfg)
+    module = CausalLMModule(loaded.model, to_plain(cfg.optim), run_info={"groups": groups, "model": loaded.ref.describe()})
+    module.tokenizer = loaded.tokenizer
+    summary = RunSummary()
+    callbacks = [summary, *build_callbacks(cfg, loaded)]
+    loggers = build_loggers(cfg, groups)
+    trainer = build_trainer(cfg, callbacks, loggers)
+
+    # 2. Train (resuming when this run folder already holds a checkpoint).
+    state.started = True
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = resume_path(cfg)
+    if ckpt:
+        log.info("resuming from %s", ckpt)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
+    finally:
+        finish_loggers(loggers)
+
+    # 3. Summarise.
+    results = {
+        "status": "completed" if not trainer.interrupted else "interrupted",
+        **summary.summary(module, trainer),
+        "wall_time_s": round(time.time() - started, 2),
+        "groups": groups,
+        "model": {"name": loaded.ref.name, "family": loaded.ref.family, "location": loaded.ref.location,
+                  "revision": loaded.ref.revision, "step": loaded.ref.step,
+                  "parameters": sum(p.numel() for p in loaded.model.parameters())},
+        "corpus": {"name": cfg.corpus.name, "rows": datamodule.rows.shape[0] if datamodule.rows is not None else None,
+                   "seq_len": int(cfg.data.seq_len)},
+        "seed": int(cfg.seed),
+        "output_dir": str(out),
+    }
+    if trainer.is_global_zero:
+        atomic_write_json(out / "results.json", results)
+        print_summary("kdyn-train", results)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> Any:
+    return run_entry("kdyn-train", train, cfg)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

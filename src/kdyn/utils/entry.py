@@ -1,0 +1,82 @@
+"""Shared behaviour of the Hydra entry points: one clear error line, no half-written run folders."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from kdyn.errors import KdynError
+from kdyn.utils.io import atomic_write_json
+
+log = logging.getLogger("kdyn")
+
+
+class RunStarted:
+    """Marks a run folder as holding real results (set once training/measuring begins)."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+
+def run_entry(tool: str, task: Callable[[DictConfig, RunStarted], Any], cfg: DictConfig) -> Any:
+    """Run ``task``; on bad input print ``<tool>: error: <message>`` and exit with status 2.
+
+    If the error happened before the run produced anything, the run folder Hydra created is removed
+    (single runs) or marked with ``error.json`` (multirun jobs, so reports can list the failure).
+    """
+    state = RunStarted()
+    try:
+        return task(cfg, state)
+    except KdynError as e:
+        out = _output_dir()
+        multirun = _is_multirun()
+        if out is not None and multirun:
+            atomic_write_json(out / "error.json", {"status": "failed", "error": str(e), "tool": tool})
+        elif out is not None and not state.started:
+            _remove_if_fresh(out)
+        print(f"{tool}: error: {e}", file=sys.stderr, flush=True)
+        if multirun:
+            raise
+        sys.exit(2)
+
+
+def _output_dir() -> Path | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _is_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _remove_if_fresh(out: Path) -> None:
+    """Delete a run folder that holds nothing but Hydra's own bookkeeping."""
+    if not out.is_dir():
+        return
+    bookkeeping = {".hydra"}
+    extra = [p for p in out.iterdir() if p.name not in bookkeeping and p.suffix != ".log"]
+    if not extra:
+        logging.shutdown()
+        shutil.rmtree(out, ignore_errors=True)
+        parent = out.parent  # also the empty date folder of hydra.run.dir, at most two levels up
+        for _ in range(2):
+            if parent.name in ("", "outputs") or not parent.is_dir() or any(parent.iterdir()):
+                break
+            parent.rmdir()
+            parent = parent.parent
