@@ -1,0 +1,82 @@
+"""The LightningModule's loss, optimizer groups and learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kdyn.errors import KdynError
+from kdyn.module import CausalLMModule, causal_lm_loss, lr_lambda
+
+
+def test_loss_matches_transformers_own_loss(tiny_models):
+    model = tiny_models["olmo"]
+    ids = torch.randint(2, model.config.vocab_size, (3, 12))
+    with torch.no_grad():
+        out = model(input_ids=ids, labels=ids)
+        ours, n = causal_lm_loss(out.logits, ids, torch.ones_like(ids))
+    torch.testing.assert_close(ours, out.loss)
+    assert int(n) == 3 * 11
+
+
+def test_padding_is_excluded_from_the_loss(tiny_models):
+    model = tiny_models["gpt_neox"]
+    ids = torch.randint(2, model.config.vocab_size, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0  # right padding in the second row
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        loss, n = causal_lm_loss(logits, ids, mask)
+    # Independent: per-token NLL of every (position -> next token) pair whose target is real.
+    logp = torch.log_softmax(logits.float(), -1)
+    terms = [-logp[b, t, ids[b, t + 1]] for b in range(2) for t in range(9) if mask[b, t + 1] == 1]
+    assert int(n) == len(terms) == 9 + 5
+    torch.testing.assert_close(loss, torch.stack(terms).mean())
+
+
+def test_lr_schedule_warmup_and_decay_endpoints():
+    kw = dict(warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
+    assert lr_lambda(0, schedule="cosine", **kw) == pytest.approx(0.1)
+    assert lr_lambda(9, schedule="cosine", **kw) == pytest.approx(1.0)
+    assert lr_lambda(10, schedule="cosine", **kw) == pytest.approx(1.0)
+    assert lr_lambda(60, schedule="cosine", **kw) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_lambda(110, schedule="cosine", **kw) == pytest.approx(0.1)
+    assert lr_lambda(60, schedule="linear", **kw) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_lambda(100, schedule="constant", **kw) == 1.0
+    with pytest.raises(KdynError, match="scheduler"):
+        lr_lambda(50, schedule="exotic", **kw)
+
+
+def test_frozen_parameters_never_reach_the_optimizer(tiny_models):
+    import copy
+
+    model = copy.deepcopy(tiny_models["llama"])
+    frozen = {n for n, _ in model.named_parameters() if n.startswith("model.layers.0.")}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n not in frozen)
+    module = CausalLMModule(model, {"lr": 1e-3, "weight_decay": 0.1})
+    groups = module.parameter_groups()
+    in_groups = {n for g in groups for n in g["param_names"]}
+    assert in_groups.isdisjoint(frozen)
+    assert in_groups | frozen == {n for n, _ in model.named_parameters()}
+    for g in groups:  # weight decay only on matrices
+        params = dict(model.named_parameters())
+        assert all((params[n].ndim >= 2) == (g["weight_decay"] > 0) for n in g["param_names"])
+
+
+def test_lr_multipliers_make_their_own_groups(tiny_models):
+    model = tiny_models["gpt2"]
+    module = CausalLMModule(model, {"lr": 1e-3, "weight_decay": 0.0})
+    target = "transformer.h.1.mlp.c_fc.weight"
+    module.lr_multipliers = {target: 2.5}
+    groups = module.parameter_groups()
+    owner = next(g for g in groups if target in g["param_names"])
+    assert owner["lr"] == pytest.approx(2.5e-3) and owner["param_names"] == [target]
+    assert all(g["lr"] == pytest.approx(1e-3) for g in groups if g is not owner)
+
+
+def test_unknown_scheduler_is_rejected_at_construction(tiny_models):
+    with pytest.raises(KdynError, match="optim.scheduler"):
+        CausalLMModule(tiny_models["gpt2"], {"lr": 1e-3, "scheduler": "wsd"})
