@@ -68,7 +68,8 @@ def pretrain_config(model_cfg: Mapping[str, Any]):
 def fingerprint(pretrain_cfg) -> str:
     picked = {}
     for key in _FINGERPRINT_KEYS:
-        picked[key] = OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(pretrain_cfg, key)}), resolve=True)["v"]
+        node = OmegaConf.select(pretrain_cfg, key)
+        picked[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
     blob = json.dumps(picked, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:10]
 
