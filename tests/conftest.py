@@ -20,8 +20,8 @@ ARCHS = ("olmo", "olmo2", "llama", "gpt_neox", "gpt2")
 
 # A quick tiny-model trajectory for tests (the real default pretrains for minutes).
 QUICK_TINY = [
-    "model.pretrain_overrides=[trainer.max_steps=12,'callbacks.hf_trajectory.steps=[0,6,12]',"
-    "data.seq_len=64,data.batch_size=4,trainer.enable_progress_bar=false]",
+    "model.pretrain_overrides=['trainer.max_steps=12','callbacks.hf_trajectory.steps=[0,6,12]',"
+    "'data.seq_len=64','data.batch_size=4','trainer.enable_progress_bar=false']",
 ]
 
 
@@ -35,6 +35,9 @@ def shared_data(*parts: str) -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Never touch the user's ~/.cache/kdyn: tests build tiny trajectories in a session folder."""
+    from kdyn.utils.quiet import quiet_third_party
+
+    quiet_third_party()
     cache = tmp_path_factory.mktemp("kdyn-cache")
     os.environ["KDYN_CACHE_DIR"] = str(cache)
     yield cache
@@ -107,15 +110,18 @@ def compose_cfg(config_name: str, overrides: list[str], output_dir: Path):
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
-        cfg.hydra.runtime.output_dir = str(output_dir)
     GlobalHydra.instance().clear()
     return cfg
 
 
 @pytest.fixture
 def compose_train(tmp_path):
+    """Compose the real config; each call gets its own run folder (run0, run1, …)."""
+    calls = []
+
     def _compose(*overrides: str, config_name: str = "train"):
-        return compose_cfg(config_name, list(overrides), tmp_path / "run")
+        calls.append(None)
+        return compose_cfg(config_name, list(overrides), tmp_path / f"run{len(calls) - 1}")
 
     return _compose
 

@@ -56,7 +56,7 @@ class CausalLMModule(pl.LightningModule):
 
     def __init__(self, model: nn.Module, optim: Mapping[str, Any], run_info: Mapping[str, Any] | None = None):
         super().__init__()
-        self.model = model
+        self.model = model.train()  # from_pretrained returns eval mode; training uses dropout if the model has any
         self.optim = dict(optim)
         if self.optim.get("scheduler", "cosine") not in SCHEDULES:
             raise KdynError(f"unknown optim.scheduler {self.optim['scheduler']!r}; choose one of {', '.join(SCHEDULES)}")

@@ -30,6 +30,9 @@ def run_entry(tool: str, task: Callable[[DictConfig, RunStarted], Any], cfg: Dic
     If the error happened before the run produced anything, the run folder Hydra created is removed
     (single runs) or marked with ``error.json`` (multirun jobs, so reports can list the failure).
     """
+    from kdyn.utils.quiet import quiet_third_party
+
+    quiet_third_party()
     state = RunStarted()
     try:
         return task(cfg, state)

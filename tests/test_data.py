@@ -1,0 +1,149 @@
+"""Corpora, packing and the step-indexed training stream."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kdyn.data import corpora
+from kdyn.data.datamodule import TrainingStream
+from kdyn.data.packing import pack_rows
+from kdyn.errors import KdynError
+from tests.conftest import shared_data
+
+
+# ----------------------------------------------------------------------------------- corpora
+def test_jsonl_documents_in_file_order(tmp_path):
+    path = tmp_path / "c.jsonl"
+    texts = [f"document number {i}" for i in range(5)]
+    path.write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(texts)) + "\n\n")
+    assert corpora.load_documents({"name": "text", "path": str(path)}) == texts
+    assert corpora.load_documents({"name": "text", "path": str(path), "max_documents": 2}) == texts[:2]
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"body": "x"}', "no 'text' field"),
+    ("not json", "not valid JSON"),
+    ('{"text": 3}', "is a int, expected a string"),
+    ('["a"]', "no 'text' field"),
+])
+def test_malformed_jsonl_names_the_line(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"text": "fine"}) + "\n" + line + "\n")
+    with pytest.raises(KdynError) as err:
+        corpora.load_documents({"name": "text", "path": str(path)})
+    assert f"{path}:2" in str(err.value) and message in str(err.value)
+
+
+def test_missing_and_empty_files_are_clear_errors(tmp_path):
+    with pytest.raises(KdynError, match="corpus.path is not set"):
+        corpora.load_documents({"name": "text", "path": None})
+    with pytest.raises(KdynError, match="does not exist"):
+        corpora.load_documents({"name": "text", "path": str(tmp_path / "nope.txt")})
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(KdynError, match="no documents"):
+        corpora.load_documents({"name": "text", "path": str(empty)})
+
+
+def test_txt_splits(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("a b\nc d\n\ne f\n")
+    assert corpora.load_documents({"name": "text", "path": str(path)}) == ["a b\nc d", "e f"]
+    assert corpora.load_documents({"name": "text", "path": str(path), "txt_split": "line"}) == ["a b", "c d", "e f"]
+    assert len(corpora.load_documents({"name": "text", "path": str(path), "txt_split": "file"})) == 1
+
+
+def test_wikitext_local_folder_groups_articles():
+    folder = shared_data("wikitext-2")
+    docs = corpora.load_documents({"name": "wikitext", "path": str(folder), "split": "validation"})
+    headings = [line for line in (folder / "valid.txt").read_text().splitlines()
+                if line.strip().startswith("= ") and not line.strip().startswith("= =")]
+    assert len(docs) == len(headings)
+    assert docs[0].splitlines()[0] == headings[0].strip().strip("= ").strip()
+
+
+def test_unknown_corpus_is_rejected():
+    with pytest.raises(KdynError, match="unknown corpus"):
+        list(corpora.iter_documents({"name": "dolma-but-misspelled"}))
+
+
+# ----------------------------------------------------------------------------------- packing
+def test_packed_rows_are_the_eos_joined_token_stream(tokenizer):
+    docs = ["the first document is here", "a second one", "and a third document with more words in it"] * 5
+    rows = pack_rows(docs, tokenizer, seq_len=8)
+    stream = []
+    for d in docs:
+        stream += tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert rows.shape == (len(stream) // 8, 8)
+    assert rows.flatten().tolist() == stream[: rows.numel()]
+
+
+def test_corpus_shorter_than_one_row_is_an_error(tokenizer):
+    with pytest.raises(KdynError, match="fewer than seq_len"):
+        pack_rows(["tiny"], tokenizer, seq_len=512)
+
+
+# ----------------------------------------------------------------------------------- stream
+def _rows(n=10, t=4):
+    return torch.arange(n * t).reshape(n, t)
+
+
+def _collect(stream):
+    return [stream[k]["input_ids"] for k in range(len(stream))]
+
+
+def test_stream_serves_rows_in_order_and_wraps_epochs():
+    rows = _rows()
+    stream = TrainingStream(rows, batch_size=4, num_steps=5)
+    served = torch.cat(_collect(stream))
+    expected = torch.cat([rows, rows])  # 5 steps x 4 rows = 20 rows = two passes
+    assert torch.equal(served, expected)
+
+
+def test_shuffled_epochs_are_permutations_and_seeded():
+    rows = _rows()
+    a = torch.cat(_collect(TrainingStream(rows, batch_size=5, num_steps=4, shuffle=True, seed=3)))
+    b = torch.cat(_collect(TrainingStream(rows, batch_size=5, num_steps=4, shuffle=True, seed=3)))
+    c = torch.cat(_collect(TrainingStream(rows, batch_size=5, num_steps=4, shuffle=True, seed=4)))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    for epoch in (a[:10], a[10:]):
+        assert sorted(epoch[:, 0].tolist()) == rows[:, 0].tolist()
+
+
+def test_ranks_and_accumulation_partition_the_global_batch():
+    rows = _rows(40)
+    single = TrainingStream(rows, batch_size=8, num_steps=3)
+    for world, accumulate in [(2, 1), (1, 2), (2, 2)]:
+        local = 8 // (world * accumulate)
+        per_step = {}
+        for rank in range(world):
+            stream = TrainingStream(rows, batch_size=local, world_size=world, rank=rank, accumulate=accumulate, num_steps=3)
+            for k in range(len(stream)):
+                batch = stream[k]
+                per_step.setdefault(int(batch["step"]), []).append(batch["input_ids"])
+        for step in range(3):
+            got = sorted(r[0].item() for r in torch.cat(per_step[step]))
+            want = sorted(r[0].item() for r in single[step]["input_ids"])
+            assert got == want, (world, accumulate, step)
+
+
+def test_resumed_stream_continues_exactly():
+    rows = _rows(13)
+    full = _collect(TrainingStream(rows, batch_size=3, num_steps=9, shuffle=True, seed=1))
+    resumed = _collect(TrainingStream(rows, batch_size=3, num_steps=9, shuffle=True, seed=1, start_step=4))
+    assert all(torch.equal(x, y) for x, y in zip(full[4:], resumed, strict=True))
+
+
+def test_transforms_see_step_and_global_rows():
+    seen = []
+
+    def mark(batch, step, global_rows):
+        seen.append((step, global_rows.tolist()))
+        return batch
+
+    stream = TrainingStream(_rows(), batch_size=2, world_size=2, rank=1, num_steps=2, transforms=[mark])
+    _collect(stream)
+    assert seen == [(0, [2, 3]), (1, [2, 3])]
