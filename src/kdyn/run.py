@@ -90,9 +90,11 @@ def finish_loggers(loggers: list[Any]) -> None:
                 log.warning("could not close the W&B run: %s", e)
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any], model: Any = None) -> pl.Trainer:
     params = OmegaConf.to_container(cfg.trainer, resolve=True)
     params.setdefault("_target_", "lightning.pytorch.Trainer")
+    if isinstance(params.get("strategy"), dict):
+        params["strategy"] = build_strategy(params["strategy"], model)
     try:
         return instantiate(
             params,
@@ -105,6 +107,31 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[A
         )
     except Exception as e:
         raise _unwrap(e, "trainer") from None
+
+
+def build_strategy(params: dict, model: Any) -> Any:
+    """Instantiate a strategy node; ``transformer_blocks`` wrap/checkpoint policies become the model's
+    decoder-layer classes (from its ``_no_split_modules``), so FSDP shards block by block."""
+    from hydra.utils import get_class
+
+    params = dict(params)
+    target = params.pop("_target_")
+    for key in ("auto_wrap_policy", "activation_checkpointing_policy"):
+        if params.get(key) == "transformer_blocks":
+            params[key] = _block_classes(model)
+    try:
+        return get_class(target)(**params)
+    except Exception as e:
+        raise _unwrap(e, "trainer.strategy") from None
+
+
+def _block_classes(model: Any) -> set[type]:
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    classes = {type(m) for m in (model.modules() if model is not None else []) if type(m).__name__ in names}
+    if not classes:
+        raise KdynError("cannot find the model's transformer-block class for FSDP wrapping (no _no_split_modules); "
+                        "set trainer.strategy.auto_wrap_policy to a set of module classes in Python")
+    return classes
 
 
 def resume_path(cfg: DictConfig) -> str | None:

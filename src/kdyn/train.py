@@ -8,6 +8,7 @@ loggers, Trainer → ``fit`` (resuming from ``checkpoints/last.ckpt`` when the r
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kdyn.config import CONF_DIR, chosen_groups, to_plain
-from kdyn.errors import KdynError
-from kdyn.utils.entry import RunStarted, run_entry
+from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
 from kdyn.utils.io import atomic_write_json
 
 log = logging.getLogger("kdyn.train")
@@ -50,7 +50,7 @@ def train(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]:
     summary = RunSummary()
     callbacks = [summary, *build_callbacks(cfg, loaded)]
     loggers = build_loggers(cfg, groups)
-    trainer = build_trainer(cfg, callbacks, loggers)
+    trainer = build_trainer(cfg, callbacks, loggers, loaded.model)
 
     # 2. Train (resuming when this run folder already holds a checkpoint).
     state.started = True
@@ -89,6 +89,7 @@ def _hydra_main(cfg: DictConfig) -> Any:
 
 
 def main() -> None:
+    check_group_choices("kdyn-train", sys.argv[1:])
     _hydra_main()
 
 

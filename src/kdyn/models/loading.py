@@ -76,7 +76,7 @@ def load_model(model_cfg: Mapping[str, Any], tokenizer_corpus: Mapping[str, Any]
             attn_implementation=model_cfg.get("attn_implementation") or "eager", **kwargs
         )
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
         hint = (" HF_HUB_OFFLINE=1 is set, so the checkpoint must already be in the Hugging Face cache; download it "
                 "on a machine with network access, or use model=local model.path=DIR.") if offline else ""
         raise KdynError(f"cannot load {ref.describe()}: {first}.{hint}") from None

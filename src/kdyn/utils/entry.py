@@ -83,3 +83,26 @@ def _remove_if_fresh(out: Path) -> None:
                 break
             parent.rmdir()
             parent = parent.parent
+
+
+def check_group_choices(tool: str, argv: list[str]) -> None:
+    """Fail fast, in one line, when a command-line override names a config option that does not exist.
+
+    Checks ``group=option`` (and sweeps ``group=a,b``) for kdyn's own config groups, so a typo such
+    as ``model=pythia-13m`` prints the available options instead of Hydra's multi-line report.
+    """
+    from kdyn.config import CONF_DIR
+
+    for arg in argv:
+        if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
+            continue
+        key, value = arg.split("=", 1)
+        key = key.removeprefix("override ").strip()
+        group_dir = CONF_DIR / key
+        if "." in key or not group_dir.is_dir() or any(c in value for c in "()[]{}$*"):
+            continue
+        options = sorted(p.stem for p in group_dir.glob("*.yaml"))
+        for choice in (v.strip() for v in value.split(",")):
+            if choice and choice != "null" and choice not in options:
+                print(f"{tool}: error: unknown {key} {choice!r}; available: {', '.join(options)}", file=sys.stderr)
+                sys.exit(2)
