@@ -1,0 +1,149 @@
+"""``kdyn-entropy``: the knowledge entropy of one checkpoint on a fixed measurement set.
+
+compose (conf/entropy.yaml) → load model → first ``num_sequences`` documents (right-padded, or
+packed) → forward passes with hooks on the FFN down projections → ``entropy.json`` and
+``coefficients.safetensors`` (the [layers × d_ff] table of mean |coefficient|, reused by
+resuscitation).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from kdyn.config import CONF_DIR, to_plain
+from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
+from kdyn.utils.io import atomic_write_json
+
+log = logging.getLogger("kdyn.entropy")
+
+COEFFICIENTS_FILE = "coefficients.safetensors"
+
+
+def measure_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]:
+    """Measure the knowledge entropy described by a composed ``entropy`` config; returns entropy.json."""
+    from kdyn.data import corpora
+    from kdyn.data.sequences import document_batches, packed_batches
+    from kdyn.metrics.knowledge_entropy import max_entropy
+    from kdyn.metrics.recorder import measure
+    from kdyn.models.ffn import locate_ffn
+    from kdyn.models.loading import load_model
+
+    state = state or RunStarted()
+    settings = to_plain(cfg.entropy)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    loaded = load_model(to_plain(cfg.model), tokenizer_corpus=to_plain(cfg.corpus), seq_len=int(settings["seq_len"]),
+                        seq_len_key="entropy.seq_len")
+    ffn = locate_ffn(loaded.model, to_plain(cfg.model.get("ffn")))
+    documents = corpora.load_documents(to_plain(cfg.corpus))
+    common = dict(num_sequences=int(settings["num_sequences"]), seq_len=int(settings["seq_len"]),
+                  batch_size=int(settings["batch_size"]))
+    if settings.get("pack"):
+        batches = packed_batches(documents, loaded.tokenizer, **common)
+    else:
+        batches = document_batches(documents, loaded.tokenizer, sort_by_length=bool(settings.get("sort_by_length", True)),
+                                   **common)
+    device = _device(settings.get("device", "auto"))
+    model = loaded.model.to(device)
+
+    state.started = True
+    start = time.perf_counter()
+    metric = measure(model, ffn, batches, device=device)
+    result = metric.compute()
+    seconds = time.perf_counter() - start
+    per_layer = [float(h) for h in result["per_layer"]]
+    maxima = max_entropy(ffn.d_ff)
+    out = Path(cfg.paths.output_dir)
+    record = {
+        "total": float(sum(per_layer)),
+        "per_layer": per_layer,
+        "max_total": float(sum(maxima)),
+        "max_per_layer": maxima,
+        "normalized_total": float(sum(per_layer) / sum(maxima)),
+        "num_tokens": int(result["tokens"]),
+        "num_sequences": int(sum(b["input_ids"].shape[0] for b in batches)),
+        "d_ff": list(ffn.d_ff),
+        "model": {"name": loaded.ref.name, "family": loaded.ref.family, "step": loaded.ref.step,
+                  "location": loaded.ref.location, "revision": loaded.ref.revision, "model_type": ffn.model_type},
+        "corpus": {"name": cfg.corpus.name, "path": cfg.corpus.get("path")},
+        "settings": settings,
+        "padding": "excluded (the official code counts padding tokens)",
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(int(result["tokens"]) / max(seconds, 1e-9), 1),
+    }
+    if settings.get("save_coefficients", True):
+        _save_coefficients(out / COEFFICIENTS_FILE, metric, record)
+        record["coefficients_file"] = COEFFICIENTS_FILE
+    atomic_write_json(out / "entropy.json", record)
+    _print(record, out)
+    return record
+
+
+def _save_coefficients(path: Path, metric, record: dict[str, Any]) -> None:
+    import os
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    tensors = {f"layer_{i}": c.float().contiguous() for i, c in enumerate(metric.mean_coefficients())}
+    if len(set(metric.d_ff)) == 1:
+        tensors = {"mean_abs_coefficients": torch.stack(list(tensors.values()))}
+    metadata = {"model": str(record["model"]["name"]), "step": str(record["model"]["step"]),
+                "num_tokens": str(record["num_tokens"]), "definition": "mean |down_proj input| over non-padding tokens"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    save_file(tensors, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_coefficients(path: str | Path) -> torch.Tensor | list[torch.Tensor]:
+    """The ``[layers × d_ff]`` table of C̄ written by kdyn-entropy (a list when widths differ)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    if "mean_abs_coefficients" in tensors:
+        return tensors["mean_abs_coefficients"]
+    return [tensors[f"layer_{i}"] for i in range(len(tensors))]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _print(record: dict[str, Any], out: Path) -> None:
+    layers = ", ".join(f"{h:.3f}" for h in record["per_layer"])
+    model = record["model"]
+    step = f" (step {model['step']})" if model["step"] is not None else ""
+    print(f"kdyn-entropy: {out}\n"
+          f"  model            {model['name']}{step}\n"
+          f"  knowledge entropy {record['total']:.4f} of max {record['max_total']:.4f} "
+          f"({100 * record['normalized_total']:.1f}%)\n"
+          f"  per layer        [{layers}]\n"
+          f"  measured         {record['num_sequences']} sequences, {record['num_tokens']:,} tokens "
+          f"in {record['seconds']:.1f} s", flush=True)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="entropy")
+def _hydra_main(cfg: DictConfig) -> Any:
+    return run_entry("kdyn-entropy", measure_checkpoint, cfg)
+
+
+def main() -> None:
+    check_group_choices("kdyn-entropy", sys.argv[1:])
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

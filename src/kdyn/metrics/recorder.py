@@ -1,0 +1,105 @@
+"""Capture FFN memory coefficients with forward pre-hooks and reduce them immediately.
+
+A hook on each down projection receives the coefficients ``[B, T, d_ff]``; it adds Σ|c| over the
+batch's non-padding tokens (fp32, then float64 in the metric) and the token count to a
+`KnowledgeEntropy` metric and keeps nothing else — no activation outlives the forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+
+from kdyn.metrics.knowledge_entropy import KnowledgeEntropy
+from kdyn.models.ffn import FFNMap
+
+
+class CoefficientRecorder:
+    """Hooks the FFN down projections of a model and feeds a `KnowledgeEntropy` metric.
+
+    ``armed`` gates recording (e.g. off during gradient-checkpoint recomputation or evaluation);
+    ``set_mask`` gives the attention mask of the batch about to be run (``None``: no padding).
+    """
+
+    def __init__(self, ffn: FFNMap, metric: KnowledgeEntropy | None = None):
+        self.ffn = ffn
+        self.metric = metric if metric is not None else KnowledgeEntropy(ffn.d_ff)
+        self.armed = True
+        self._mask: torch.Tensor | None = None
+        self._tokens: torch.Tensor | int = 0
+        self._handles: list = []
+
+    # --------------------------------------------------------------------------------- lifecycle
+    def attach(self) -> "CoefficientRecorder":
+        if not self._handles:
+            self._handles = [layer.down_proj.register_forward_pre_hook(self._hook(layer.index))
+                             for layer in self.ffn.layers]
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def __enter__(self) -> "CoefficientRecorder":
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    # --------------------------------------------------------------------------------- recording
+    def set_mask(self, attention_mask: torch.Tensor | None) -> None:
+        """The mask of the next forward (``None``: every position is a real token). No host sync."""
+        if attention_mask is None:
+            self._mask = None
+            self._tokens = None
+        else:
+            self._mask = attention_mask.reshape(-1).float()
+            self._tokens = self._mask.sum()
+
+    def _hook(self, layer: int):
+        def hook(module, args):
+            if not self.armed:
+                return None
+            x = args[0].detach()
+            flat = x.reshape(-1, x.shape[-1])
+            if self._mask is None:
+                abs_sum = flat.abs().sum(0, dtype=torch.float32)
+                tokens = flat.shape[0]
+            else:
+                abs_sum = self._mask.to(flat.device) @ flat.abs().float()
+                tokens = self._tokens
+            self.metric.update(layer, abs_sum, tokens)
+            return None
+
+        return hook
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+
+@torch.inference_mode()
+def measure(model: torch.nn.Module, ffn: FFNMap, batches: Iterable[Mapping[str, torch.Tensor]],
+            device: torch.device | str | None = None) -> KnowledgeEntropy:
+    """Run ``batches`` (``input_ids`` + ``attention_mask``) through ``model`` and return the metric."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    recorder = CoefficientRecorder(ffn)
+    recorder.metric.to(device)
+    try:
+        with recorder:
+            for batch in batches:
+                ids = batch["input_ids"].to(device, non_blocking=True)
+                mask = batch.get("attention_mask")
+                mask = mask.to(device, non_blocking=True) if mask is not None else None
+                recorder.set_mask(mask)
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
+    finally:
+        model.train(was_training)
+    return recorder.metric
