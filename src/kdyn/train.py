@@ -25,8 +25,11 @@ from kdyn.utils.io import atomic_write_json
 log = logging.getLogger("kdyn.train")
 
 
-def train(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]:
-    """Run one training job described by a composed ``train`` config; returns its results."""
+def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: list | None = None) -> dict[str, Any]:
+    """Run one training job described by a composed ``train`` config; returns its results.
+
+    ``extra_callbacks`` (Python API only) are added to the configured ones, e.g. a `StepTimer`.
+    """
     from kdyn.callbacks.summary import RunSummary
     from kdyn.data.datamodule import CorpusDataModule
     from kdyn.models.loading import load_model
@@ -48,7 +51,7 @@ def train(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]:
     module = CausalLMModule(loaded.model, to_plain(cfg.optim), run_info={"groups": groups, "model": loaded.ref.describe()})
     module.tokenizer = loaded.tokenizer
     summary = RunSummary()
-    callbacks = [summary, *build_callbacks(cfg, loaded)]
+    callbacks = [summary, *build_callbacks(cfg, loaded), *(extra_callbacks or [])]
     loggers = build_loggers(cfg, groups)
     trainer = build_trainer(cfg, callbacks, loggers, loaded.model)
 

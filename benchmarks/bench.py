@@ -1,0 +1,84 @@
+"""kdyn benchmarks: print a table of measured ratios (and write it as CSV).
+
+    python benchmarks/bench.py                    # every section
+    python benchmarks/bench.py --only entropy     # one section
+    python benchmarks/bench.py --quick            # fewer repeats (a smoke run)
+
+Every comparison is a ratio measured side by side in the same process, alternating the two
+variants, so machine load affects both alike. Targets are printed next to the figures; nothing
+here is a test — a missed target is reported, not failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import Row, machine_description  # noqa: E402
+
+SECTIONS = {}
+
+
+def section(name):
+    def register(fn):
+        SECTIONS[name] = fn
+        return fn
+
+    return register
+
+
+@section("entropy")
+def _entropy(args):
+    from bench_entropy import run
+
+    return run(quick=args.quick)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", help=f"comma-separated sections: {', '.join(SECTIONS)}")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and steps (a smoke run)")
+    parser.add_argument("--csv", default=str(Path(__file__).resolve().parent / "results.csv"))
+    args = parser.parse_args(argv)
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("KDYN_BENCH_THREADS", torch.get_num_threads())))
+    print(f"machine: {machine_description()}", flush=True)
+    rows: list[Row] = []
+    for name in chosen:
+        print(f"\n== {name} ==", flush=True)
+        section_rows = SECTIONS[name](args)
+        for row in section_rows:
+            print(row.line(), flush=True)
+        rows += section_rows
+    _write_csv(rows, Path(args.csv))
+    print("\n" + Row.markdown(rows))
+    print(f"\nwritten: {args.csv}")
+    return 0
+
+
+def _write_csv(rows: list[Row], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=Row.FIELDS + ["machine"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row.as_dict(), "machine": machine_description()})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Report figures: a registry of figure functions, and the helpers they share.
+
+A *figure function* has the signature ``fn(runs, out_dir, *, fmt="png") -> list[Path]``: it draws
+what it can from the loaded runs (:class:`kdyn.report.collect.Run`), writes its files into
+``out_dir`` and returns their paths — or returns ``[]`` when its data is absent (e.g. no run has
+``entropy.json``). It must never fail on one malformed run: skip what cannot be read.
+
+To add figures, write a module here that defines ``FIGURES = [fn, ...]`` and add its name to
+:data:`FIGURE_MODULES`. Figures are drawn with matplotlib's Agg canvas on ``Figure`` objects (no
+pyplot, no display, no global backend switch); :func:`save_figure` writes atomically.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from kdyn.report.collect import Run
+
+FigureFunction = Callable[..., list[Path]]
+
+# Modules defining FIGURES = [figure functions]; drawn in this order.
+FIGURE_MODULES: list[str] = [
+    "kdyn.report.figures.entropy",
+]
+
+
+def figure_functions() -> list[FigureFunction]:
+    """Every registered figure function, in order (imports the figure modules on first use)."""
+    out: list[FigureFunction] = []
+    for name in FIGURE_MODULES:
+        out.extend(importlib.import_module(name).FIGURES)
+    return out
+
+
+def make_figures(runs: Sequence[Run], out_dir: str | Path, fmt: str = "png",
+                 on_error: Callable[[str], Any] | None = None) -> list[Path]:
+    """Run every figure function; returns the files written.
+
+    A figure function that raises does not stop the others: ``on_error`` (default: print to
+    stderr) gets ``"<function>: <message>"``.
+    """
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    for fn in figure_functions():
+        try:
+            written.extend(fn(runs, out_dir, fmt=fmt))
+        except Exception as e:  # noqa: BLE001 - one broken figure must not lose the rest of the report
+            message = f"{fn.__name__}: {' '.join(str(e).split()) or type(e).__name__}"
+            if on_error is None:
+                print(f"kdyn-report: warning: figure skipped: {message}", file=sys.stderr)
+            else:
+                on_error(message)
+    return written
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, panel_size: tuple[float, float] = (5.2, 4.0)):
+    """A ``Figure`` on an Agg canvas with an ``nrows × ncols`` grid of axes (returned as a flat list)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, [ax for row in axes for ax in row]
+
+
+def save_figure(fig: Figure, path: str | Path, fmt: str = "png", dpi: int = 150) -> Path:
+    """Save ``fig`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{fmt}", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format=fmt, dpi=dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def grid(n_panels: int, max_cols: int = 3) -> tuple[int, int]:
+    """(rows, cols) for ``n_panels`` panels, at most ``max_cols`` per row."""
+    cols = max(1, min(n_panels, max_cols))
+    return (n_panels + cols - 1) // cols, cols
+
+
+def unique_labels(runs: Sequence[Run]) -> dict[int, str]:
+    """{id(run): legend label}: the overrides (or run name), disambiguated by the run name when shared."""
+    labels = {id(r): r.label for r in runs}
+    counts: dict[str, int] = {}
+    for label in labels.values():
+        counts[label] = counts.get(label, 0) + 1
+    return {k: (v if counts[v] == 1 else f"{v} ({r.name})") for r, (k, v) in zip(runs, labels.items())}

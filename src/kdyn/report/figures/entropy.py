@@ -1,0 +1,288 @@
+"""Knowledge-entropy figures (Kim et al., ICLR 2025).
+
+* :func:`knowledge_entropy` — from runs with ``entropy.json`` (``kdyn-entropy``):
+  ``knowledge_entropy.png`` (left: total knowledge entropy against checkpoint step, one line per
+  model — and per corpus when several — with the model's maximum ``max_total`` dashed, symlog x axis
+  since steps include 0; then one panel per model of per-layer entropy against step, coloured by
+  depth) and ``knowledge_entropy.csv`` (tidy: model, corpus, step, layer — ``total`` for the sum —,
+  entropy, max, run_dir).
+* :func:`entropy_during_training` — from training runs whose ``metrics.csv`` logged
+  ``entropy/total`` (and ``entropy/layer_<i>``): ``entropy_during_training.png`` (total against
+  training step, one line per run, then per-layer panels per run) and
+  ``entropy_during_training.csv`` (tidy: run, step, layer, entropy, run_dir).
+
+Several runs of one model at one step (e.g. seeds) are drawn as their mean, with each run as a dot.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdyn.report.collect import Run
+from kdyn.report.figures import grid, new_figure, save_figure, unique_labels
+from kdyn.report.table import format_cell
+from kdyn.utils.io import atomic_write_text
+
+MAX_LAYER_PANELS = 6   # per-run/per-model layer panels drawn at most (the total panel shows every line)
+_LAYER_COLUMN = re.compile(r"^entropy/layer_(\d+)$")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _numbers(value: Any) -> list[float] | None:
+    if not isinstance(value, (list, tuple)) or not value:
+        return None
+    out = [_number(v) for v in value]
+    return None if any(v is None for v in out) else out  # type: ignore[return-value]
+
+
+@dataclass
+class EntropyPoint:
+    """One knowledge-entropy measurement (one run's ``entropy.json``)."""
+
+    run: Run
+    model: str
+    corpus: str
+    step: float | int | None
+    total: float
+    per_layer: list[float]
+    max_total: float | None
+    max_per_layer: list[float] | None
+
+
+def entropy_points(runs: Sequence[Run]) -> list[EntropyPoint]:
+    """The readable entropy measurements of ``runs`` (runs without usable numbers are skipped)."""
+    points = []
+    for run in runs:
+        data = run.entropy
+        if not isinstance(data, dict):
+            continue
+        per_layer = _numbers(data.get("per_layer")) or []
+        total = _number(data.get("total"))
+        if total is None:
+            if not per_layer:
+                continue
+            total = sum(per_layer)
+        max_per_layer = _numbers(data.get("max_per_layer"))
+        max_total = _number(data.get("max_total"))
+        if max_total is None and max_per_layer:
+            max_total = sum(max_per_layer)
+        step = run.model_step
+        step = step if isinstance(step, (int, float)) and not isinstance(step, bool) else None
+        points.append(EntropyPoint(run, run.model_name or "?", run.corpus_name or "?", step, total, per_layer,
+                                   max_total, max_per_layer))
+    return points
+
+
+def _sort_step(step: Any) -> tuple[int, float]:
+    return (1, 0.0) if step is None else (0, float(step))
+
+
+def tidy_rows(points: Sequence[EntropyPoint]) -> list[dict[str, Any]]:
+    """Rows of ``knowledge_entropy.csv``: per layer, then ``layer="total"``, per measurement."""
+    rows = []
+    for p in sorted(points, key=lambda p: (p.model, p.corpus, _sort_step(p.step), str(p.run.path))):
+        for i, h in enumerate(p.per_layer):
+            m = p.max_per_layer[i] if p.max_per_layer and i < len(p.max_per_layer) else None
+            rows.append({"model": p.model, "corpus": p.corpus, "step": p.step, "layer": i, "entropy": h, "max": m,
+                         "run_dir": str(p.run.path)})
+        rows.append({"model": p.model, "corpus": p.corpus, "step": p.step, "layer": "total", "entropy": p.total,
+                     "max": p.max_total, "run_dir": str(p.run.path)})
+    return rows
+
+
+def _csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([format_cell(row.get(c)) for c in columns])
+    return buf.getvalue()
+
+
+def _mean_by_step(pairs: Sequence[tuple[float, float]]) -> tuple[list[float], list[float], bool]:
+    """Sorted steps, the mean value at each step, and whether any step had several values."""
+    by_step: dict[float, list[float]] = {}
+    for s, v in pairs:
+        by_step.setdefault(s, []).append(v)
+    steps = sorted(by_step)
+    return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], any(len(v) > 1 for v in by_step.values())
+
+
+def _symlog_x(ax, steps: Sequence[float]) -> None:
+    positive = [s for s in steps if s > 0]
+    ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0, linscale=0.5)
+
+
+def _layer_colors(n: int):
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    return [cmap(i / max(n - 1, 1) * 0.9) for i in range(n)]
+
+
+def _layer_legend_or_colorbar(fig, ax, n_layers: int) -> None:
+    if n_layers <= 8:
+        ax.legend(fontsize=7, title="layer (depth)", title_fontsize=7, ncols=2 if n_layers > 4 else 1)
+        return
+    import matplotlib
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    sm = ScalarMappable(norm=Normalize(0, (n_layers - 1) / 0.9), cmap=matplotlib.colormaps["viridis"])
+    fig.colorbar(sm, ax=ax, label="layer (depth)")
+
+
+def knowledge_entropy(runs: Sequence[Run], out_dir: str | Path, *, fmt: str = "png") -> list[Path]:
+    """``knowledge_entropy.csv`` and ``.<fmt>`` from the runs' ``entropy.json``; ``[]`` when none has one."""
+    points = entropy_points(runs)
+    if not points:
+        return []
+    out_dir = Path(out_dir)
+    written = [atomic_write_text(out_dir / "knowledge_entropy.csv",
+                                 _csv_text(tidy_rows(points), ["model", "corpus", "step", "layer", "entropy", "max",
+                                                               "run_dir"]))]
+    plotted = [p for p in points if p.step is not None]
+    if not plotted:
+        return written
+
+    several_corpora = len({p.corpus for p in plotted}) > 1
+    series: dict[tuple[str, str], list[EntropyPoint]] = {}
+    for p in plotted:
+        series.setdefault((p.model, p.corpus if several_corpora else ""), []).append(p)
+    layered = [(key, pts) for key, pts in series.items() if any(p.per_layer for p in pts)][:MAX_LAYER_PANELS]
+    nrows, ncols = grid(1 + len(layered))
+    fig, axes = new_figure(nrows, ncols)
+    for ax in axes[1 + len(layered):]:
+        ax.set_visible(False)
+
+    # Left: total against step, one line per series, with the model's maximum dashed.
+    ax = axes[0]
+    all_steps = [float(p.step) for p in plotted]  # type: ignore[arg-type]
+    colors = [f"C{i % 10}" for i in range(len(series))]
+    for color, ((model, corpus), pts) in zip(colors, series.items()):
+        label = f"{model} · {corpus}" if corpus else model
+        steps, means, repeated = _mean_by_step([(float(p.step), p.total) for p in pts])  # type: ignore[arg-type]
+        ax.plot(steps, means, marker="o", ms=4, color=color, label=label)
+        if repeated:
+            ax.scatter([float(p.step) for p in pts], [p.total for p in pts], s=10, color=color, alpha=0.4)  # type: ignore[arg-type]
+        maxima = sorted({p.max_total for p in pts if p.max_total is not None})
+        for j, m in enumerate(maxima):
+            ax.axhline(m, color=color, ls="--", lw=1, alpha=0.7,
+                       label=f"{label}: max (uniform)" if j == 0 else None)
+    _symlog_x(ax, all_steps)
+    ax.set_xlabel("checkpoint step (symlog)")
+    ax.set_ylabel("knowledge entropy  Σ_l H_l  (nats)")
+    ax.set_title("Knowledge entropy by checkpoint")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+    # Then per-layer entropy against step, one panel per series, one line per layer.
+    for ax, ((model, corpus), pts) in zip(axes[1:], layered):
+        n_layers = max(len(p.per_layer) for p in pts)
+        for i, color in enumerate(_layer_colors(n_layers)):
+            pairs = [(float(p.step), p.per_layer[i]) for p in pts if i < len(p.per_layer)]  # type: ignore[arg-type]
+            steps, means, _ = _mean_by_step(pairs)
+            ax.plot(steps, means, marker="o", ms=3, color=color, label=str(i))
+        maxima = {round(m, 9) for p in pts for m in (p.max_per_layer or [])}
+        if len(maxima) == 1:
+            ax.axhline(maxima.pop(), color="0.5", ls="--", lw=1, label="max")
+        _symlog_x(ax, [float(p.step) for p in pts])  # type: ignore[arg-type]
+        ax.set_xlabel("checkpoint step (symlog)")
+        ax.set_ylabel("layer entropy  H_l  (nats)")
+        ax.set_title(f"Per layer: {model}" + (f" · {corpus}" if corpus else ""))
+        ax.grid(alpha=0.3)
+        _layer_legend_or_colorbar(fig, ax, n_layers)
+    written.append(save_figure(fig, out_dir / f"knowledge_entropy.{fmt}", fmt=fmt))
+    return written
+
+
+# --- entropy logged during training (metrics.csv) ----------------------------------------------
+
+def training_curves(runs: Sequence[Run]) -> list[tuple[Run, dict[str, tuple[list[float], list[float]]]]]:
+    """For each run whose metrics.csv has ``entropy/*`` columns: {"total" | "<layer>": (steps, values)}."""
+    out = []
+    for run in runs:
+        df = run.metrics()
+        if df is None or "entropy/total" not in getattr(df, "columns", []):
+            continue
+        import pandas as pd
+
+        steps = pd.to_numeric(df["step"], errors="coerce") if "step" in df.columns else pd.Series(range(len(df)),
+                                                                                               dtype=float)
+        layers = sorted(((int(m.group(1)), c) for c in df.columns if (m := _LAYER_COLUMN.match(str(c)))))
+        curves: dict[str, tuple[list[float], list[float]]] = {}
+        for key, column in [("total", "entropy/total"), *((str(i), c) for i, c in layers)]:
+            values = pd.to_numeric(df[column], errors="coerce")
+            keep = values.notna() & steps.notna()
+            if keep.any():
+                pairs = sorted(zip(steps[keep].astype(float), values[keep].astype(float)))
+                curves[key] = ([s for s, _ in pairs], [v for _, v in pairs])
+        if "total" in curves:
+            out.append((run, curves))
+    return out
+
+
+def entropy_during_training(runs: Sequence[Run], out_dir: str | Path, *, fmt: str = "png") -> list[Path]:
+    """``entropy_during_training.<fmt>`` and ``.csv`` from metrics.csv; ``[]`` when no run logged entropy."""
+    curves = training_curves(runs)
+    if not curves:
+        return []
+    out_dir = Path(out_dir)
+    labels = unique_labels([run for run, _ in curves])
+    rows = []
+    for run, c in curves:
+        for layer, (steps, values) in c.items():
+            for s, v in zip(steps, values):
+                rows.append({"run": labels[id(run)], "step": int(s) if float(s).is_integer() else s,
+                             "layer": int(layer) if layer.isdigit() else layer, "entropy": v, "run_dir": str(run.path)})
+    written = [atomic_write_text(out_dir / "entropy_during_training.csv",
+                                 _csv_text(rows, ["run", "step", "layer", "entropy", "run_dir"]))]
+
+    layered = [(run, c) for run, c in curves if len(c) > 1][:MAX_LAYER_PANELS]
+    nrows, ncols = grid(1 + len(layered))
+    fig, axes = new_figure(nrows, ncols)
+    for ax in axes[1 + len(layered):]:
+        ax.set_visible(False)
+    ax = axes[0]
+    for i, (run, c) in enumerate(curves):
+        steps, values = c["total"]
+        ax.plot(steps, values, marker="." if len(steps) < 50 else None, color=f"C{i % 10}", label=labels[id(run)])
+    ax.set_xlabel("training step")
+    ax.set_ylabel("knowledge entropy  Σ_l H_l  (nats)")
+    ax.set_title("Knowledge entropy during training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    for ax, (run, c) in zip(axes[1:], layered):
+        layer_keys = sorted((k for k in c if k.isdigit()), key=int)
+        n_layers = int(layer_keys[-1]) + 1
+        colors = _layer_colors(n_layers)
+        for k in layer_keys:
+            steps, values = c[k]
+            ax.plot(steps, values, color=colors[int(k)], label=k)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("layer entropy  H_l  (nats)")
+        ax.set_title(f"Per layer: {_short(labels[id(run)])}", fontsize=9)
+        ax.grid(alpha=0.3)
+        _layer_legend_or_colorbar(fig, ax, n_layers)
+    written.append(save_figure(fig, out_dir / f"entropy_during_training.{fmt}", fmt=fmt))
+    return written
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+FIGURES = [knowledge_entropy, entropy_during_training]
