@@ -126,4 +126,4 @@ def compose_train(tmp_path):
     return _compose
 
 
-FAST_TRAINER = ["trainer.enable_progress_bar=false", "logger=csv", "callbacks.checkpoint.every_n_train_steps=1000"]
+FAST_TRAINER = ["inject.enabled=false", "trainer.enable_progress_bar=false", "logger=csv", "callbacks.checkpoint.every_n_train_steps=1000"]

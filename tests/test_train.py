@@ -87,7 +87,7 @@ def test_tiny_model_builds_its_trajectory_once_and_picks_steps(compose_train, tm
 def test_bad_input_fails_before_training(overrides, message, compose_train, saved_models):
     extra = [] if any(o.startswith("model=") for o in overrides) else ["model=local", f"model.path={saved_models['gpt2']}"]
     with pytest.raises(KdynError, match=message):
-        train(compose_train(*extra, *overrides, *FAST_TRAINER))
+        train(compose_train(*extra, "data.seq_len=32", *overrides, *FAST_TRAINER))
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -140,7 +140,7 @@ def resume_path(cfg: DictConfig) -> str | None:
     return str(last) if last.is_file() and cfg.get("resume", True) else None
 
 
-def print_summary(tool: str, results: Mapping[str, Any]) -> None:
+def print_summary(tool: str, results: Mapping[str, Any], extra_rows: list[tuple[str, str]] = ()) -> None:
     model = results.get("model", {})
     groups = results.get("groups", {})
     rows = [
@@ -152,7 +152,7 @@ def print_summary(tool: str, results: Mapping[str, Any]) -> None:
         ("final loss", _loss_text(results)),
         ("wall time", f"{results.get('wall_time_s', 0):.1f} s ({results.get('tokens_per_s', 0):,.0f} tokens/s in training)"),
     ]
-    rows += list(results.get("summary_rows", []))
+    rows += list(extra_rows)
     width = max(len(str(k)) for k, _ in rows)
     lines = [f"{tool} {results.get('status', 'finished')}: {results.get('output_dir')}"]
     lines += [f"  {str(k).ljust(width)}  {v}" for k, v in rows if v is not None]

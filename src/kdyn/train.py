@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdyn.config import CONF_DIR, chosen_groups, to_plain
 from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
-from kdyn.utils.io import atomic_write_json
+from kdyn.utils.io import atomic_write_json, write_csv
 
 log = logging.getLogger("kdyn.train")
 
@@ -54,10 +54,13 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     callbacks = [summary, *build_callbacks(cfg, loaded), *(extra_callbacks or [])]
     loggers = build_loggers(cfg, groups)
     trainer = build_trainer(cfg, callbacks, loggers, loaded.model)
+    plan = _injection_plan(cfg, loaded.tokenizer, trainer, datamodule)
 
     # 2. Train (resuming when this run folder already holds a checkpoint).
     state.started = True
     out.mkdir(parents=True, exist_ok=True)
+    if plan is not None and trainer.is_global_zero:
+        write_csv(out / "injections.csv", plan.to_rows())
     ckpt = resume_path(cfg)
     if ckpt:
         log.info("resuming from %s", ckpt)
@@ -80,10 +83,32 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
         "seed": int(cfg.seed),
         "output_dir": str(out),
     }
+    extra_rows = []
+    if plan is not None and trainer.is_global_zero:
+        from kdyn.metrics.knowledge_summary import headline_rows, summarize_run
+
+        results["knowledge"] = summarize_run(out, **to_plain(cfg.inject.metrics))
+        extra_rows = headline_rows(results["knowledge"] or {})
     if trainer.is_global_zero:
         atomic_write_json(out / "results.json", results)
-        print_summary("kdyn-train", results)
+        print_summary("kdyn-train", results, extra_rows)
     return results
+
+
+def _injection_plan(cfg: DictConfig, tokenizer, trainer, datamodule):
+    """The knowledge-injection schedule of ``cfg.inject`` (validated), attached to the training stream."""
+    if not cfg.inject.get("enabled"):
+        return None
+    from kdyn.data.injection import plan_from_config
+    from kdyn.data.knowledge import assign_scenarios, knowledge_records
+
+    items = assign_scenarios(knowledge_records(to_plain(cfg.inject.source)), to_plain(cfg.inject.scenarios),
+                             int(cfg.inject.num_events))
+    global_batch = int(cfg.data.batch_size) * trainer.world_size * int(trainer.accumulate_grad_batches)
+    plan = plan_from_config(to_plain(cfg.inject), items, tokenizer, seq_len=int(cfg.data.seq_len),
+                            global_batch_size=global_batch, max_steps=datamodule.total_steps(trainer))
+    datamodule.transforms.append(plan)
+    return plan
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")

@@ -1,0 +1,127 @@
+"""Score knowledge probes during training (``callbacks.probes``) into a long table.
+
+Every probe (memorization ``mem``, semantic ``gen``, compositional ``hard_gen``) of the injected
+items is scored at step 0 (before any update) and every ``every_n_steps`` optimizer steps:
+batched, length-bucketed, teacher-forced NLL of the target span (`kdyn.data.probes`). Rows are
+appended to ``<dirpath>/probes.csv`` as they are measured (``step`` = updates done), so a crash
+loses nothing already scored; a resumed run first drops rows measured after its checkpoint. Mean
+NLL per scenario and probe type also goes to the loggers as ``probes/<scenario>/<type>``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from kdyn.callbacks.log_utils import log_scalars
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["step", "item", "scenario", "probe_type", "probe_idx", "nll", "nll_first", "nll_full", "n_target"]
+TABLE = "probes.csv"
+
+
+class ProbeScorer(pl.Callback):
+    def __init__(self, source: Mapping[str, Any], scenarios: Mapping[str, int], num_events: int, dirpath: str,
+                 every_n_steps: int = 1, batch_tokens: int = 8192, types: Sequence[str] = ("mem", "gen", "hard_gen"),
+                 include_paragraph: bool = False, max_len: int | None = None):
+        from kdyn.errors import KdynError
+
+        if int(every_n_steps) < 1:
+            raise KdynError(f"callbacks.probes.every_n_steps must be at least 1, got {every_n_steps}")
+        self.source, self.scenarios, self.num_events = dict(source), dict(scenarios), int(num_events)
+        self.path = Path(dirpath) / TABLE
+        self.every_n_steps = int(every_n_steps)
+        self.batch_tokens, self.types = int(batch_tokens), tuple(types)
+        self.include_paragraph, self.max_len = include_paragraph, max_len
+        self.probes: list = []
+        self.batches: list = []
+        self._last_step = -1
+        self.scored_steps: list[int] = []
+
+    # ----------------------------------------------------------------------------- lifecycle
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from kdyn.data.knowledge import assign_scenarios, knowledge_records
+        from kdyn.data.probes import build_probes, make_batches, padding_efficiency, tokenize_probes
+
+        items = assign_scenarios(knowledge_records(self.source), self.scenarios, self.num_events)
+        self.probes = build_probes(items, self.types, include_paragraph=self.include_paragraph)
+        tokenizer = pl_module.tokenizer
+        tokenized = tokenize_probes(self.probes, tokenizer, max_len=self.max_len)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.batches = make_batches(tokenized, self.probes, batch_tokens=self.batch_tokens, pad_id=pad)
+        log.info("scoring %d probes of %d items every %d steps (%d batches, %.0f%% padding efficiency)",
+                 len(self.probes), len(items), self.every_n_steps, len(self.batches),
+                 100 * padding_efficiency(self.batches))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = trainer.global_step
+        self._last_step = step
+        if trainer.is_global_zero:
+            self._prepare_table(step)
+        if step == 0:
+            self._score(trainer, pl_module, step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self._last_step:
+            return  # mid gradient accumulation
+        self._last_step = step
+        if step % self.every_n_steps == 0 or step == trainer.max_steps:
+            self._score(trainer, pl_module, step)
+
+    # ----------------------------------------------------------------------------- scoring
+    def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        from kdyn.data.probes import score_batches
+
+        shard = self.batches[trainer.global_rank::trainer.world_size]
+        scores = score_batches(pl_module.model, shard, device=pl_module.device) if shard else None
+        indices = torch.cat([b.probe_index for b in shard]) if shard else torch.empty(0, dtype=torch.long)
+        local = {k: (v[indices].cpu() if scores is not None else torch.empty(0)) for k, v in
+                 (scores or {"nll": None, "nll_first": None, "nll_full": None, "n_target": None}).items()}
+        gathered = _gather(trainer, indices.tolist(), local)
+        self.scored_steps.append(step)
+        if not trainer.is_global_zero:
+            return
+        rows, means = [], defaultdict(list)
+        for index, values in sorted(gathered.items()):
+            probe = self.probes[index]
+            rows.append([step, probe.item, probe.scenario, probe.probe_type, probe.probe_idx,
+                         f"{values['nll']:.6g}", f"{values['nll_first']:.6g}", f"{values['nll_full']:.6g}",
+                         int(values["n_target"])])
+            means[f"probes/{probe.scenario}/{probe.probe_type}"].append(values["nll"])
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerows(rows)
+        log_scalars(trainer, {k: sum(v) / len(v) for k, v in means.items()}, step=step)
+
+    def _prepare_table(self, step: int) -> None:
+        """Start the table, or keep only rows measured up to ``step`` when resuming."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if step > 0 and self.path.is_file():
+            with self.path.open(newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["step"]) <= step]
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(kept)
+
+
+def _gather(trainer: pl.Trainer, indices: list[int], local: dict[str, torch.Tensor]) -> dict[int, dict[str, float]]:
+    """{probe index: scores} from every rank (all ranks take part; only rank zero uses the result)."""
+    mine = {i: {k: float(v[n]) for k, v in local.items()} for n, i in enumerate(indices)}
+    if trainer.world_size == 1 or not torch.distributed.is_initialized():
+        return mine
+    everyone: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(everyone, mine)
+    merged: dict[int, dict[str, float]] = {}
+    for part in everyone:
+        merged.update(part)
+    return merged
