@@ -109,6 +109,8 @@ class CheckpointRef:
         """One line for logs: ``EleutherAI/pythia-160m@step3000``, ``/data/ckpt (local)``."""
         if self.family == "local":
             return f"{self.location} (local)"
+        if self.family == "tiny":
+            return f"tiny@step{self.step} ({self.location})"
         if self.location is None:
             return f"{self.name} ({self.family})"
         return f"{self.location}@{self.revision or 'main'}"

@@ -95,9 +95,16 @@ def grid(n_panels: int, max_cols: int = 3) -> tuple[int, int]:
 
 
 def unique_labels(runs: Sequence[Run]) -> dict[int, str]:
-    """{id(run): legend label}: the overrides (or run name), disambiguated by the run name when shared."""
-    labels = {id(r): r.label for r in runs}
+    """{id(run): legend label}: the overrides (or run name); a label shared by several runs is prefixed
+    with each run's folder name (``job 3: …`` for multirun jobs) so it survives truncation."""
     counts: dict[str, int] = {}
-    for label in labels.values():
-        counts[label] = counts.get(label, 0) + 1
-    return {k: (v if counts[v] == 1 else f"{v} ({r.name})") for r, (k, v) in zip(runs, labels.items())}
+    for run in runs:
+        counts[run.label] = counts.get(run.label, 0) + 1
+    out = {}
+    for run in runs:
+        label = run.label
+        if counts[label] > 1:
+            tag = f"job {run.path.name}" if run.path.name.isdigit() else run.path.name
+            label = f"{tag}: {label}"
+        out[id(run)] = label
+    return out

@@ -8,8 +8,9 @@
   entropy, max, run_dir).
 * :func:`entropy_during_training` — from training runs whose ``metrics.csv`` logged
   ``entropy/total`` (and ``entropy/layer_<i>``): ``entropy_during_training.png`` (total against
-  training step, one line per run, then per-layer panels per run) and
-  ``entropy_during_training.csv`` (tidy: run, step, layer, entropy, run_dir).
+  training step, one line per run — other logged variants such as ``entropy_heldout/total`` dashed
+  in the run's colour —, then per-layer panels per run) and ``entropy_during_training.csv`` (tidy:
+  run, label, metric, step, layer, entropy, run_dir).
 
 Several runs of one model at one step (e.g. seeds) are drawn as their mean, with each run as a dot.
 """
@@ -31,7 +32,8 @@ from kdyn.report.table import format_cell
 from kdyn.utils.io import atomic_write_text
 
 MAX_LAYER_PANELS = 6   # per-run/per-model layer panels drawn at most (the total panel shows every line)
-_LAYER_COLUMN = re.compile(r"^entropy/layer_(\d+)$")
+# entropy/total, entropy/layer_3, entropy_heldout/total, …
+_ENTROPY_COLUMN = re.compile(r"^(entropy[A-Za-z0-9_]*)/(total|layer_(\d+))$")
 
 
 def _number(value: Any) -> float | None:
@@ -123,7 +125,9 @@ def _mean_by_step(pairs: Sequence[tuple[float, float]]) -> tuple[list[float], li
 
 def _symlog_x(ax, steps: Sequence[float]) -> None:
     positive = [s for s in steps if s > 0]
-    ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0, linscale=0.5)
+    linthresh = min(positive) if positive else 1.0
+    ax.set_xscale("symlog", linthresh=linthresh, linscale=0.5)
+    ax.set_xlim(left=-0.2 * linthresh)  # steps are never negative: no empty negative half
 
 
 def _layer_colors(n: int):
@@ -187,7 +191,7 @@ def knowledge_entropy(runs: Sequence[Run], out_dir: str | Path, *, fmt: str = "p
     ax.set_ylabel("knowledge entropy  Σ_l H_l  (nats)")
     ax.set_title("Knowledge entropy by checkpoint")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax)
 
     # Then per-layer entropy against step, one panel per series, one line per layer.
     for ax, ((model, corpus), pts) in zip(axes[1:], layered):
@@ -211,8 +215,16 @@ def knowledge_entropy(runs: Sequence[Run], out_dir: str | Path, *, fmt: str = "p
 
 # --- entropy logged during training (metrics.csv) ----------------------------------------------
 
-def training_curves(runs: Sequence[Run]) -> list[tuple[Run, dict[str, tuple[list[float], list[float]]]]]:
-    """For each run whose metrics.csv has ``entropy/*`` columns: {"total" | "<layer>": (steps, values)}."""
+Curves = dict[tuple[str, str], tuple[list[float], list[float]]]
+
+
+def training_curves(runs: Sequence[Run]) -> list[tuple[Run, Curves]]:
+    """For each run whose metrics.csv logged ``entropy/total``: {(metric, layer): (steps, values)}.
+
+    ``metric`` is the column prefix (``entropy``, and e.g. ``entropy_heldout`` for entropy on a
+    held-out set), ``layer`` is ``"total"`` or the layer index as text. Empty cells (not logged at
+    that step) are dropped.
+    """
     out = []
     for run in runs:
         df = run.metrics()
@@ -220,19 +232,29 @@ def training_curves(runs: Sequence[Run]) -> list[tuple[Run, dict[str, tuple[list
             continue
         import pandas as pd
 
-        steps = pd.to_numeric(df["step"], errors="coerce") if "step" in df.columns else pd.Series(range(len(df)),
-                                                                                               dtype=float)
-        layers = sorted(((int(m.group(1)), c) for c in df.columns if (m := _LAYER_COLUMN.match(str(c)))))
-        curves: dict[str, tuple[list[float], list[float]]] = {}
-        for key, column in [("total", "entropy/total"), *((str(i), c) for i, c in layers)]:
+        if "step" in df.columns:
+            steps = pd.to_numeric(df["step"], errors="coerce")
+        else:
+            steps = pd.Series(range(len(df)), index=df.index, dtype=float)
+        curves: Curves = {}
+        for column in df.columns:
+            m = _ENTROPY_COLUMN.match(str(column))
+            if not m:
+                continue
             values = pd.to_numeric(df[column], errors="coerce")
             keep = values.notna() & steps.notna()
             if keep.any():
                 pairs = sorted(zip(steps[keep].astype(float), values[keep].astype(float)))
-                curves[key] = ([s for s, _ in pairs], [v for _, v in pairs])
-        if "total" in curves:
-            out.append((run, curves))
+                curves[(m.group(1), m.group(2) if m.group(2) == "total" else m.group(3))] = (
+                    [a for a, _ in pairs], [b for _, b in pairs])
+        if ("entropy", "total") in curves:
+            out.append((run, dict(sorted(curves.items(), key=lambda kv: _curve_order(kv[0])))))
     return out
+
+
+def _curve_order(key: tuple[str, str]) -> tuple[int, str, int]:
+    metric, layer = key
+    return (0 if metric == "entropy" else 1, metric, -1 if layer == "total" else int(layer))
 
 
 def entropy_during_training(runs: Sequence[Run], out_dir: str | Path, *, fmt: str = "png") -> list[Path]:
@@ -244,33 +266,42 @@ def entropy_during_training(runs: Sequence[Run], out_dir: str | Path, *, fmt: st
     labels = unique_labels([run for run, _ in curves])
     rows = []
     for run, c in curves:
-        for layer, (steps, values) in c.items():
-            for s, v in zip(steps, values):
-                rows.append({"run": labels[id(run)], "step": int(s) if float(s).is_integer() else s,
-                             "layer": int(layer) if layer.isdigit() else layer, "entropy": v, "run_dir": str(run.path)})
+        for (metric, layer), (steps, values) in c.items():
+            for x, v in zip(steps, values):
+                rows.append({"run": run.name, "label": labels[id(run)], "metric": metric, "step": int(x) if x.is_integer() else x,
+                             "layer": layer if layer == "total" else int(layer), "entropy": v,
+                             "run_dir": str(run.path)})
     written = [atomic_write_text(out_dir / "entropy_during_training.csv",
-                                 _csv_text(rows, ["run", "step", "layer", "entropy", "run_dir"]))]
+                                 _csv_text(rows, ["run", "label", "metric", "step", "layer", "entropy", "run_dir"]))]
 
-    layered = [(run, c) for run, c in curves if len(c) > 1][:MAX_LAYER_PANELS]
+    def layer_keys(c: Curves) -> list[str]:
+        return sorted((layer for metric, layer in c if metric == "entropy" and layer != "total"), key=int)
+
+    layered = [(run, c) for run, c in curves if layer_keys(c)][:MAX_LAYER_PANELS]
     nrows, ncols = grid(1 + len(layered))
     fig, axes = new_figure(nrows, ncols)
     for ax in axes[1 + len(layered):]:
         ax.set_visible(False)
     ax = axes[0]
+    styles = ["-", "--", ":", "-."]
     for i, (run, c) in enumerate(curves):
-        steps, values = c["total"]
-        ax.plot(steps, values, marker="." if len(steps) < 50 else None, color=f"C{i % 10}", label=labels[id(run)])
+        metrics = [metric for metric, layer in c if layer == "total"]
+        for j, metric in enumerate(metrics):
+            steps, values = c[(metric, "total")]
+            suffix = "" if metric == "entropy" else f" [{metric.removeprefix('entropy_') or metric}]"
+            ax.plot(steps, values, ls=styles[j % len(styles)], marker="." if len(steps) < 50 else None,
+                    color=f"C{i % 10}", label=_short(labels[id(run)]) + suffix)
     ax.set_xlabel("training step")
     ax.set_ylabel("knowledge entropy  Σ_l H_l  (nats)")
     ax.set_title("Knowledge entropy during training")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax)
     for ax, (run, c) in zip(axes[1:], layered):
-        layer_keys = sorted((k for k in c if k.isdigit()), key=int)
-        n_layers = int(layer_keys[-1]) + 1
+        keys = layer_keys(c)
+        n_layers = int(keys[-1]) + 1
         colors = _layer_colors(n_layers)
-        for k in layer_keys:
-            steps, values = c[k]
+        for k in keys:
+            steps, values = c[("entropy", k)]
             ax.plot(steps, values, color=colors[int(k)], label=k)
         ax.set_xlabel("training step")
         ax.set_ylabel("layer entropy  H_l  (nats)")
@@ -279,6 +310,15 @@ def entropy_during_training(runs: Sequence[Run], out_dir: str | Path, *, fmt: st
         _layer_legend_or_colorbar(fig, ax, n_layers)
     written.append(save_figure(fig, out_dir / f"entropy_during_training.{fmt}", fmt=fmt))
     return written
+
+
+def _legend(ax) -> None:
+    """Inside the axes for a few lines, below them (never over the curves) for more."""
+    n = len(ax.get_legend_handles_labels()[1])
+    if n <= 3:
+        ax.legend(fontsize=7)
+    else:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.16), frameon=False)
 
 
 def _short(text: str, width: int = 60) -> str:

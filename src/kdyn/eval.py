@@ -1,0 +1,98 @@
+"""``kdyn-eval``: score the knowledge probes of any checkpoint, without training.
+
+Writes ``probes.csv`` in the same long format as training runs (``step`` = the checkpoint's step,
+or 0 when unknown) and ``results.json`` with the mean target NLL per scenario and probe type.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from kdyn.config import CONF_DIR, chosen_groups, to_plain
+from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
+from kdyn.utils.io import atomic_write_json, write_csv
+
+
+def evaluate(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]:
+    from kdyn.callbacks.probes import COLUMNS
+    from kdyn.data.knowledge import assign_scenarios, knowledge_records
+    from kdyn.data.probes import build_probes, make_batches, padding_efficiency, score_batches, tokenize_probes
+    from kdyn.models.loading import context_length, load_model
+
+    state = state or RunStarted()
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    settings = to_plain(cfg.probes)
+    loaded = load_model(to_plain(cfg.model))
+    items = assign_scenarios(knowledge_records(to_plain(cfg.knowledge.source)), to_plain(cfg.knowledge.scenarios),
+                             int(cfg.knowledge.num_events))
+    probes = build_probes(items, settings["types"], include_paragraph=bool(settings.get("include_paragraph")))
+    limit = min(int(settings["max_len"]), context_length(loaded.model) or int(settings["max_len"]))
+    tokenizer = loaded.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batches = make_batches(tokenize_probes(probes, tokenizer, max_len=limit), probes,
+                           batch_tokens=int(settings["batch_tokens"]), pad_id=pad)
+    device = torch.device("cuda" if settings.get("device", "auto") == "auto" and torch.cuda.is_available()
+                          else ("cpu" if settings.get("device", "auto") == "auto" else settings["device"]))
+
+    state.started = True
+    start = time.perf_counter()
+    scores = score_batches(loaded.model.to(device), batches, device=device)
+    seconds = time.perf_counter() - start
+    step = loaded.ref.step if loaded.ref.step is not None else 0
+    rows, means = [], defaultdict(list)
+    for probe in probes:
+        i = probe.index
+        rows.append(dict(zip(COLUMNS, [step, probe.item, probe.scenario, probe.probe_type, probe.probe_idx,
+                                        float(scores["nll"][i]), float(scores["nll_first"][i]),
+                                        float(scores["nll_full"][i]), int(scores["n_target"][i])])))
+        means[(probe.scenario, probe.probe_type)].append(float(scores["nll"][i]))
+    out = Path(cfg.paths.output_dir)
+    write_csv(out / "probes.csv", rows)
+    summary: dict[str, dict[str, float]] = defaultdict(dict)
+    for (scenario, probe_type), values in means.items():
+        summary[scenario][probe_type] = sum(values) / len(values)
+    results = {
+        "status": "completed",
+        "mean_nll": summary,
+        "num_probes": len(probes),
+        "num_items": len(items),
+        "probes_per_s": round(len(probes) / max(seconds, 1e-9), 1),
+        "padding_efficiency": round(padding_efficiency(batches), 4),
+        "seconds": round(seconds, 3),
+        "groups": chosen_groups(cfg),
+        "model": {"name": loaded.ref.name, "family": loaded.ref.family, "step": loaded.ref.step,
+                  "location": loaded.ref.location, "revision": loaded.ref.revision},
+        "knowledge": to_plain(cfg.knowledge.source),
+        "output_dir": str(out),
+    }
+    atomic_write_json(out / "results.json", results)
+    lines = [f"kdyn-eval: {out}", f"  model   {loaded.ref.describe()}",
+             f"  probes  {len(probes)} of {len(items)} items in {seconds:.1f} s"]
+    for scenario, by_type in summary.items():
+        lines.append(f"  {scenario:<11} " + "  ".join(f"{t}: NLL {v:.3f}" for t, v in by_type.items()))
+    print("\n".join(lines), flush=True)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
+def _hydra_main(cfg: DictConfig) -> Any:
+    return run_entry("kdyn-eval", evaluate, cfg)
+
+
+def main() -> None:
+    check_group_choices("kdyn-eval", sys.argv[1:])
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
