@@ -324,9 +324,13 @@ def _kind(run: Run, error_data: dict[str, Any] | None) -> str | None:
     return None
 
 
+STATUS_ORDER = ("completed", "interrupted", "failed", "unreadable", "incomplete")
+
+
 def count_statuses(runs: Sequence[Run]) -> dict[str, list[Run]]:
-    """{status: runs} in order of first appearance."""
+    """{status: runs}: completed first, then interrupted, failed, unreadable, incomplete, then any other."""
     out: dict[str, list[Run]] = {}
     for run in runs:
         out.setdefault(run.status, []).append(run)
-    return out
+    rank = {s: i for i, s in enumerate(STATUS_ORDER)}
+    return dict(sorted(out.items(), key=lambda kv: rank.get(kv[0], len(rank))))

@@ -132,7 +132,9 @@ def _headline(run: Run) -> str:
         if isinstance(run.entropy.get("normalized_total"), (int, float)):
             text += f" ({run.entropy['normalized_total']:.3f} of max)"
         parts.append(text)
-    if not parts and run.error:
+    if not parts and run.status == "incomplete":
+        parts.append("no result file; has last.ckpt: resumable" if run.resumable else "no result file, no checkpoint")
+    elif not parts and run.error:
         parts.append(run.error)
     return "; ".join(parts)
 

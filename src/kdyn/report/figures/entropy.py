@@ -134,7 +134,7 @@ def _layer_colors(n: int):
     import matplotlib
 
     cmap = matplotlib.colormaps["viridis"]
-    return [cmap(i / max(n - 1, 1) * 0.9) for i in range(n)]
+    return [cmap(i / max(n - 1, 1)) for i in range(n)]
 
 
 def _layer_legend_or_colorbar(fig, ax, n_layers: int) -> None:
@@ -145,7 +145,7 @@ def _layer_legend_or_colorbar(fig, ax, n_layers: int) -> None:
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    sm = ScalarMappable(norm=Normalize(0, (n_layers - 1) / 0.9), cmap=matplotlib.colormaps["viridis"])
+    sm = ScalarMappable(norm=Normalize(0, n_layers - 1), cmap=matplotlib.colormaps["viridis"])
     fig.colorbar(sm, ax=ax, label="layer (depth)")
 
 
