@@ -44,6 +44,13 @@ def _entropy(args):
     return run(quick=args.quick)
 
 
+@section("probes")
+def _probes(args):
+    from bench_probes import run
+
+    return run(quick=args.quick)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="", help=f"comma-separated sections: {', '.join(SECTIONS)}")

@@ -30,6 +30,7 @@ FigureFunction = Callable[..., list[Path]]
 # Modules defining FIGURES = [figure functions]; drawn in this order.
 FIGURE_MODULES: list[str] = [
     "kdyn.report.figures.entropy",
+    "kdyn.report.figures.knowledge",
 ]
 
 
