@@ -435,3 +435,14 @@ def test_bad_inputs_raise_kdyn_errors() -> None:
     with pytest.raises(KdynError, match="probe_meta"):
         summarize_probe_metrics(None, np.ones((2, 200)), [{"scenario": "once", "probe_type": "m"}],
                                 {"once": [0]})
+
+
+def test_forgetting_is_undefined_when_nothing_was_acquired() -> None:
+    # probe 0 improves after the injection at t=0 (0.8 → 0.5) and ends at 0.65: half forgotten;
+    # probe 1 gets worse after the injection (nothing acquired): its forgetting is skipped, not a huge ratio.
+    t = np.arange(11)
+    v = np.array([[0.8, 0.5, 0.5, 0.55, 0.6, 0.6, 0.6, 0.62, 0.64, 0.65, 0.65],
+                  [0.8, 0.81, 0.82, 0.83, 0.84, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9]])
+    af = acquisition_forgetting(t, v, [0], window=2, aggregate="probe")
+    assert af.n_skipped_forgetting == 1
+    assert af.forgetting == pytest.approx((0.65 - 0.5) / (0.8 - 0.5))

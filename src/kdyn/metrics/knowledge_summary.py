@@ -53,7 +53,8 @@ def load_injection_steps(path: str | Path) -> dict[int, list[int]]:
 
 
 def summarize_run(run_dir: str | Path, *, window: int, iqr_multiplier: float | None = 2.0,
-                  af_mode: str = "last", max_pre_gap: int | None = 0) -> dict[str, Any] | None:
+                  af_mode: str = "last", af_aggregate: str = "curve",
+                  max_pre_gap: int | None = 0) -> dict[str, Any] | None:
     """Knowledge metrics of a run folder, or ``None`` when it scored no probes."""
     run_dir = Path(run_dir)
     table, injections = run_dir / "probes.csv", run_dir / "injections.csv"
@@ -79,10 +80,11 @@ def summarize_run(run_dir: str | Path, *, window: int, iqr_multiplier: float | N
     # acquisition window (Kim et al.'s schedule) has no retention tail: report t = 0 only.
     max_t = max(0, int(steps[-1]) - (max(s[-1] for s in plan.values()) + window))
     summary = summarize_probe_metrics(steps, values[keep], [grouped_meta[i] for i in keep], plan, window=window,
-                                      iqr_multiplier=iqr_multiplier, af_mode=af_mode, max_pre_gap=max_pre_gap,
-                                      max_t=max_t)
+                                      iqr_multiplier=iqr_multiplier, af_mode=af_mode, af_aggregate=af_aggregate,
+                                      max_pre_gap=max_pre_gap, max_t=max_t)
     _add_scenario_means(summary, meta, keep)
-    return {"window": window, "iqr_multiplier": iqr_multiplier, "af_mode": af_mode, "evaluated_steps": len(steps),
+    return {"window": window, "iqr_multiplier": iqr_multiplier, "af_mode": af_mode, "af_aggregate": af_aggregate,
+            "evaluated_steps": len(steps),
             "last_step": int(steps[-1]), "scenarios": summary}
 
 

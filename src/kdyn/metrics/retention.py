@@ -565,8 +565,9 @@ def acquisition_forgetting(
     ``mode="first"`` (or per-injection groups of "once" items) for that schedule.
 
     ``aggregate="probe"`` (default): A, F are means over probes of A_q, F_q, skipping probes with a
-    degenerate denominator (v0 == 0 for A; ``|v0 - v_acq| <= skip_atol`` for F, as in
-    retainability) and probes with missing data; the numbers skipped are returned.
+    degenerate denominator (v0 == 0 for A; ``v0 - v_acq <= skip_atol`` for F — forgetting is a
+    fraction of what was acquired, undefined when the loss did not improve) and probes with
+    missing data; the numbers skipped are returned.
     ``aggregate="curve"``: the formulas are applied once to the probe-mean curve (NaN-mean over
     probes at each step; t_acq is the argmin of the mean curve), i.e. a ratio of means, which is
     what can be computed from Kim et al.'s logged per-evaluator mean losses. Per-probe values are
@@ -596,7 +597,8 @@ def acquisition_forgetting(
         missing = np.isnan(base) | np.isnan(v_acq) | np.isnan(v_end)
         skip_a = ~missing & (base == 0)
         gain = base - v_acq
-        skip_f = ~missing & (np.abs(gain) <= float(skip_atol))
+        # Forgetting is a fraction of what was acquired: undefined when nothing was (gain <= 0).
+        skip_f = ~missing & (gain <= float(skip_atol))
         with np.errstate(divide="ignore", invalid="ignore"):
             a_q = np.where(missing | skip_a, np.nan, gain / base)
             f_q = np.where(missing | skip_f, np.nan, (v_end - v_acq) / gain)
