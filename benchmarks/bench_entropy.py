@@ -50,7 +50,7 @@ def run(quick: bool = False) -> list[Row]:
                 step, _ = kdyn_train_step_time(
                     ["model=local", f"model.path={bench_model.folder}", f"trainer.max_steps={train_steps}",
                      f"data.seq_len={seq_len}", f"data.batch_size={batch_size}",
-                     f"callbacks.entropy.enabled={enabled}", "callbacks.entropy.every_n_steps=1"],
+                     f"callbacks.entropy.enabled={enabled}", "callbacks.entropy.every_n_steps=1", "inject.enabled=false"],
                     root / f"run-{bench_model.name}-{variant}-{repeat}")
                 step_times[variant].append(step)
         slowdown = min(step_times["with"]) / min(step_times["without"]) - 1

@@ -27,9 +27,33 @@ TITLES = {"mem": "memorization", "gen": "semantic", "hard_gen": "compositional"}
 COLOURS = {"paraphrase": "tab:blue", "duplicate": "tab:orange", "once": "tab:green"}
 
 
+_CACHE: dict[str, dict[str, Any] | None] = {}
+
+
 def _knowledge(run) -> dict[str, Any] | None:
+    """The run's knowledge metrics, recomputed from probes.csv + injections.csv with its own
+    ``inject.metrics`` settings (so every run is summarised by the current metric code), else the
+    ``results.json`` copy."""
+    key = str(run.path)
+    if key not in _CACHE:
+        _CACHE[key] = _recompute(run)
+    if _CACHE[key] is not None:
+        return _CACHE[key]
     k = (run.results or {}).get("knowledge") if isinstance(run.results, dict) else None
     return k if isinstance(k, dict) and isinstance(k.get("scenarios"), dict) else None
+
+
+def _recompute(run) -> dict[str, Any] | None:
+    from kdyn.metrics.knowledge_summary import summarize_run
+
+    settings = run.config_value("inject.metrics") or {}
+    if not isinstance(settings, dict) or "window" not in settings:
+        return None
+    allowed = {"window", "iqr_multiplier", "af_mode", "af_aggregate", "max_pre_gap"}
+    try:
+        return summarize_run(run.path, **{k: v for k, v in settings.items() if k in allowed})
+    except Exception:  # noqa: BLE001 - fall back to the numbers the run wrote itself
+        return None
 
 
 def retention_figures(runs: Sequence, out_dir: Path, *, fmt: str = "png") -> list[Path]:
