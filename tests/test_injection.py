@@ -92,9 +92,12 @@ def test_ddp_ranks_together_inject_exactly_the_planned_rows(tokenizer):
     assert dict(injected_rows) == {e.step: len(e.rows) for e in plan.events}
 
 
-def test_schedule_longer_than_the_run_is_an_error(tokenizer):
-    with pytest.raises(KdynError, match=r"last of 4 events is at step 30 .*trainer.max_steps=30"):
-        build_plan(_items(), tokenizer, seq_len=512, global_batch_size=32, max_steps=30, interval=10, num_events=4)
+def test_schedule_longer_than_the_run_keeps_the_events_that_fit_and_warns(tokenizer, caplog):
+    plan = build_plan(_items(), tokenizer, seq_len=512, global_batch_size=32, max_steps=30, interval=10, num_events=4)
+    assert plan.steps == [0, 10, 20] and plan.describe()["planned_events"] == 4
+    assert "last of 4 events is at step 30" in caplog.text and "only 3 of 4 events" in caplog.text
+    assert build_plan(_items(), tokenizer, seq_len=512, global_batch_size=32, max_steps=2, interval=10,
+                      num_events=4).steps == [0]
 
 
 def test_more_injected_texts_than_rows_is_an_error_with_counts(tokenizer):

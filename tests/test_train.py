@@ -110,3 +110,24 @@ def test_cli_unknown_model_name_is_one_clear_message(tmp_path):
     proc = _cli(["model=pythia-13m"], tmp_path)
     assert proc.returncode != 0
     assert "pythia-13m" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_default_config_runs_two_steps_on_a_saved_model(tmp_path, compose_train):
+    """The README's `kdyn-train model=local model.path=DIR trainer.max_steps=2`, with every default
+    (knowledge injection and per-step probes included) on a model saved with save_pretrained."""
+    from kdyn.data.corpora import load_documents
+    from kdyn.data.tokenizer import train_bpe_tokenizer
+    from kdyn.models.scratch import ArchSpec, build_scratch_model
+
+    tok = train_bpe_tokenizer(load_documents({"name": "synthetic", "max_documents": 800}), 2048)
+    model = build_scratch_model(ArchSpec(arch="llama", vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=4,
+                                         intermediate_size=64, max_position_embeddings=512,
+                                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id), seed=0)
+    model.save_pretrained(tmp_path / "llama")
+    tok.save_pretrained(tmp_path / "llama")
+    cfg = compose_train("model=local", f"model.path={tmp_path / 'llama'}", "trainer.max_steps=2",
+                        "trainer.enable_progress_bar=false")
+    results = train(cfg)
+    assert results["steps"] == 2 and results["injection"]["events"] == 1 and results["injection"]["planned_events"] == 4
+    run = Path(cfg.paths.output_dir)
+    assert {row["step"] for row in csv.DictReader((run / "probes.csv").open())} == {"0", "1", "2"}

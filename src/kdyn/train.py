@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kdyn.config import CONF_DIR, chosen_groups, to_plain
+from kdyn.errors import KdynError
 from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
 from kdyn.utils.io import atomic_write_json, write_csv
 
@@ -87,7 +88,12 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     if plan is not None and trainer.is_global_zero:
         from kdyn.metrics.knowledge_summary import headline_rows, summarize_run
 
-        results["knowledge"] = summarize_run(out, **to_plain(cfg.inject.metrics))
+        results["injection"] = plan.describe()
+        try:
+            results["knowledge"] = summarize_run(out, **to_plain(cfg.inject.metrics)) if plan.events else None
+        except KdynError as e:  # a run too short for the metrics keeps its other results
+            log.warning("knowledge metrics not computed: %s", e)
+            results["knowledge"] = {"error": str(e)}
         extra_rows = headline_rows(results["knowledge"] or {})
     if trainer.is_global_zero:
         atomic_write_json(out / "results.json", results)

@@ -53,6 +53,8 @@ class InjectionPlan:
     mode: str
     seq_len: int
     first_row: int
+    planned_events: int = 0  # events in the configured schedule (more than `events` when the run is shorter)
+    truncated_texts: int = 0
 
     def __post_init__(self) -> None:
         self._by_step = {e.step: e for e in self.events}
@@ -80,6 +82,16 @@ class InjectionPlan:
 
     def exposures(self) -> dict[int, int]:
         return {item: len(steps) for item, steps in self.steps_by_item().items()}
+
+    def describe(self) -> dict[str, Any]:
+        """Counts for results.json: events run and planned, texts, truncations, exposures per scenario."""
+        exposures: dict[str, int] = {}
+        scenario = self.scenario_of_item()
+        for item, n in self.exposures().items():
+            exposures[scenario[item]] = exposures.get(scenario[item], 0) + n
+        return {"events": len(self.events), "planned_events": self.planned_events, "steps": self.steps,
+                "texts": sum(len(row) for e in self.events for row in e.rows), "truncated_texts": self.truncated_texts,
+                "exposures_by_scenario": exposures, "mode": self.mode}
 
     def to_rows(self) -> list[dict[str, Any]]:
         """One record per injected text: what was injected where (written to injections.csv)."""
@@ -125,13 +137,17 @@ def build_plan(items: Sequence[Any], tokenizer, *, seq_len: int, global_batch_si
     if interval < 1 or num_events < 1:
         raise KdynError(f"inject.interval ({interval}) and inject.num_events ({num_events}) must be at least 1")
     last = first_step + (num_events - 1) * interval
+    planned = num_events
     if last >= max_steps:
-        raise KdynError(
-            f"the injection schedule is longer than the run: its last of {num_events} events is at step {last} "
-            f"(first_step={first_step}, interval={interval}) but trainer.max_steps={max_steps}; raise "
-            f"trainer.max_steps above {last} (and leave a tail to measure retention) or shorten the schedule")
+        fitting = max(0, min(num_events, -(-(max_steps - first_step) // interval)))
+        log.warning(
+            "the injection schedule is longer than the run: its last of %d events is at step %d (first_step=%d, "
+            "interval=%d) but trainer.max_steps=%d, so only %d of %d events are injected; raise trainer.max_steps "
+            "above %d (and leave a tail to measure retention) to run the whole schedule",
+            num_events, last, first_step, interval, max_steps, fitting, num_events, last)
+        num_events = fitting
     once_items = [it for it in items if it.scenario == "once"]
-    if once_per_event is not None and len(once_items) > once_per_event * num_events:
+    if once_per_event is not None and len(once_items) > once_per_event * planned:
         raise KdynError(f"{len(once_items)} once items cannot be spread {once_per_event} per event over {num_events} "
                         f"events; raise inject.once_per_event to {-(-len(once_items) // num_events)}")
     eos_id = tokenizer.eos_token_id if eos else None
@@ -164,7 +180,8 @@ def build_plan(items: Sequence[Any], tokenizer, *, seq_len: int, global_batch_si
         events.append(InjectionEvent(step=step, event=e, rows=rows))
     if n_truncated:
         log.warning("%d injected texts were longer than data.seq_len=%d tokens and were cut", n_truncated, seq_len)
-    return InjectionPlan(events=events, mode=mode, seq_len=seq_len, first_row=first_row)
+    return InjectionPlan(events=events, mode=mode, seq_len=seq_len, first_row=first_row,
+                         planned_events=planned, truncated_texts=n_truncated)
 
 
 def _pack(texts: list[InjectedText], seq_len: int) -> list[list[InjectedText]]:
