@@ -51,8 +51,9 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     groups = chosen_groups(cfg)
     module = CausalLMModule(loaded.model, to_plain(cfg.optim), run_info={"groups": groups, "model": loaded.ref.describe()})
     module.tokenizer = loaded.tokenizer
+    intervention, intervention_record = _apply_intervention(cfg, loaded, module, out)
     summary = RunSummary()
-    callbacks = [summary, *build_callbacks(cfg, loaded), *(extra_callbacks or [])]
+    callbacks = [summary, *build_callbacks(cfg, loaded), *intervention.callbacks(), *(extra_callbacks or [])]
     loggers = build_loggers(cfg, groups)
     trainer = build_trainer(cfg, callbacks, loggers, loaded.model)
     plan = _injection_plan(cfg, loaded.tokenizer, trainer, datamodule)
@@ -62,6 +63,8 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     out.mkdir(parents=True, exist_ok=True)
     if plan is not None and trainer.is_global_zero:
         write_csv(out / "injections.csv", plan.to_rows())
+    if trainer.is_global_zero:
+        atomic_write_json(out / "intervention.json", intervention_record)
     ckpt = resume_path(cfg)
     if ckpt:
         log.info("resuming from %s", ckpt)
@@ -82,6 +85,7 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
         "corpus": {"name": cfg.corpus.name, "rows": datamodule.rows.shape[0] if datamodule.rows is not None else None,
                    "seq_len": int(cfg.data.seq_len)},
         "seed": int(cfg.seed),
+        "intervention": intervention_record,
         "output_dir": str(out),
     }
     extra_rows = []
@@ -99,6 +103,21 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
         atomic_write_json(out / "results.json", results)
         print_summary("kdyn-train", results, extra_rows)
     return results
+
+
+def _apply_intervention(cfg: DictConfig, loaded, module, out: Path):
+    """Build the chosen intervention and apply it before the optimizer exists; returns it and its record."""
+    from kdyn.interventions import InterventionContext, build_intervention
+    from kdyn.models.ffn import locate_ffn
+
+    intervention = build_intervention(to_plain(cfg.intervention))
+    if intervention.name == "none":
+        return intervention, {"name": "none"}
+    ffn = locate_ffn(loaded.model, to_plain(cfg.model.get("ffn")))
+    ctx = InterventionContext(model=loaded.model, tokenizer=loaded.tokenizer, module=module, ffn=ffn, output_dir=out,
+                              cfg=cfg)
+    record = {"name": intervention.name, **intervention.apply(ctx)}
+    return intervention, record
 
 
 def _injection_plan(cfg: DictConfig, tokenizer, trainer, datamodule):

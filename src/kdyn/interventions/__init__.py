@@ -1,0 +1,90 @@
+"""Interventions (``intervention=`` config group): what is done to the model before/while it trains.
+
+Every intervention is a small class registered under its config name. ``kdyn-train`` builds the
+chosen one from the ``intervention`` node and calls, in this order:
+
+1. ``apply(ctx)`` — after the model is loaded and *before* the optimizer is built: edit weights
+   (resuscitate), freeze parameters with ``requires_grad_(False)`` (localize, freeze), or set
+   per-parameter learning-rate multipliers on ``ctx.module.lr_multipliers`` (localize_alr). It
+   returns a JSON-serialisable record of what it did, written to ``intervention.json`` in the run
+   folder and into ``results.json["intervention"]``.
+2. ``callbacks()`` — Lightning callbacks the intervention needs during training (rescale).
+
+Interventions never look up architecture names themselves: `kdyn.models.ffn` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning.pytorch as pl
+from torch import nn
+
+from kdyn.errors import KdynError
+
+
+@dataclass
+class InterventionContext:
+    """What an intervention may use."""
+
+    model: nn.Module  # the HF causal LM (also ctx.module.model)
+    tokenizer: Any
+    module: Any  # kdyn.module.CausalLMModule (lr_multipliers lives here)
+    ffn: Any  # kdyn.models.ffn.FFNMap
+    output_dir: Path
+    cfg: Any = None  # the full composed config (DictConfig), for reading other nodes
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Intervention:
+    """Base class: does nothing."""
+
+    name = "none"
+
+    def __init__(self, **params: Any):
+        self.params = params
+
+    def apply(self, ctx: InterventionContext) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def callbacks(self) -> list[pl.Callback]:
+        return []
+
+
+_REGISTRY: dict[str, Callable[..., Intervention]] = {"none": Intervention}
+
+
+def register(name: str):
+    def wrap(cls):
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_intervention(node: Mapping[str, Any] | None) -> Intervention:
+    """The intervention described by an ``intervention`` config node (``name`` + parameters)."""
+    _load_builtin()
+    params = dict(node or {"name": "none"})
+    name = params.pop("name", "none")
+    if name not in _REGISTRY:
+        raise KdynError(f"unknown intervention {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
+    try:
+        return _REGISTRY[name](**params)
+    except TypeError as e:
+        raise KdynError(f"intervention={name}: {e}") from None
+
+
+def _load_builtin() -> None:
+    import importlib
+
+    for module in ("resuscitate", "rescale", "localize"):
+        try:
+            importlib.import_module(f"kdyn.interventions.{module}")
+        except ModuleNotFoundError as e:
+            if e.name != f"kdyn.interventions.{module}":
+                raise
