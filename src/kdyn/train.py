@@ -56,6 +56,7 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     callbacks = [summary, *build_callbacks(cfg, loaded), *intervention.callbacks(), *(extra_callbacks or [])]
     loggers = build_loggers(cfg, groups)
     trainer = build_trainer(cfg, callbacks, loggers, loaded.model)
+    _set_run_length(trainer, datamodule)
     plan = _injection_plan(cfg, loaded.tokenizer, trainer, datamodule)
 
     # 2. Train (resuming when this run folder already holds a checkpoint).
@@ -89,6 +90,15 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
         "output_dir": str(out),
     }
     extra_rows = []
+    if datamodule.segment_rows is not None and trainer.is_global_zero:
+        from kdyn.callbacks.periods import summarize_table
+
+        results["temporalwiki"] = summarize_table(out / "temporalwiki.csv")
+        for period, values in (results["temporalwiki"] or {}).items():
+            extra_rows.append((f"after {period}", f"C_ppl {values.get('C_ppl_full', float('nan')):.2f} "
+                               f"(object {values.get('C_ppl_object', float('nan')):.2f}), UnC_ppl "
+                               f"{values.get('UnC_ppl_full', float('nan')):.2f} "
+                               f"(object {values.get('UnC_ppl_object', float('nan')):.2f})"))
     if plan is not None and trainer.is_global_zero:
         from kdyn.metrics.knowledge_summary import headline_rows, summarize_run
 
@@ -103,6 +113,23 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
         atomic_write_json(out / "results.json", results)
         print_summary("kdyn-train", results, extra_rows)
     return results
+
+
+def _set_run_length(trainer, datamodule) -> None:
+    """Segmented corpora (TemporalWiki periods) define the run's length; a smaller positive
+    ``trainer.max_steps`` cuts it short (with a warning naming the periods left out)."""
+    segments = datamodule.segments(trainer)
+    if segments is None:
+        return
+    total = datamodule.total_steps(trainer)
+    if total < segments[-1].end_step:
+        left_out = [s.name for s in segments if s.end_step > total]
+        log.warning("trainer.max_steps=%d stops before the end of the periods (%d steps); not completed: %s",
+                    total, segments[-1].end_step, ", ".join(left_out))
+    else:
+        log.info("corpus=%s: %d periods in %d steps (%s)", datamodule.corpus.get("name"), len(segments), total,
+                 ", ".join(f"{s.name}: {s.num_steps}" for s in segments))
+    trainer.fit_loop.max_steps = total
 
 
 def _apply_intervention(cfg: DictConfig, loaded, module, out: Path):

@@ -10,6 +10,7 @@ before training starts, with the line number and what was expected.
                 (one ``{"text": ...}`` object per line)
 ``wikitext``    WikiText (hub ``Salesforce/wikitext``, or a local folder of ``*.txt`` splits)
 ``hub``         any Hugging Face dataset (streaming for Dolma/PubMed-sized data)
+``temporalwiki`` TWiki-Probes or synthetic update periods, verbalised (`kdyn.data.periods`)
 ==============  ==============================================================================
 """
 
@@ -23,7 +24,7 @@ from typing import Any
 
 from kdyn.errors import KdynError
 
-CORPUS_KINDS = ("synthetic", "text", "wikitext", "hub")
+CORPUS_KINDS = ("synthetic", "text", "wikitext", "hub", "temporalwiki")
 
 
 def iter_documents(corpus: Mapping[str, Any]) -> Iterator[str]:
@@ -36,6 +37,7 @@ def iter_documents(corpus: Mapping[str, Any]) -> Iterator[str]:
         "text": _text_documents,
         "wikitext": _wikitext_documents,
         "hub": _hub_documents,
+        "temporalwiki": _period_documents,
     }[kind](corpus)
     limit = corpus.get("max_documents")
     return islice(docs, int(limit)) if limit else docs
@@ -183,6 +185,15 @@ def _wikitext_articles(lines) -> Iterator[str]:
             article.append(line)
     if article:
         yield "\n".join(article)
+
+
+# ----------------------------------------------------------------------------------- periods
+def _period_documents(corpus: Mapping[str, Any]) -> Iterator[str]:
+    """Every period's training text, in period order (kdyn-train serves them as separate segments)."""
+    from kdyn.data.periods import segment_documents
+
+    for _, docs in segment_documents(corpus):
+        yield from docs
 
 
 # ----------------------------------------------------------------------------------- hub

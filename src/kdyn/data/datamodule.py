@@ -12,6 +12,7 @@ devices × gradient-accumulation steps), in corpus order or in a seeded per-epoc
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -26,18 +27,42 @@ from kdyn.errors import KdynError
 BatchTransform = Callable[[dict, int, torch.Tensor], dict]
 
 
-class TrainingStream(Dataset):
-    """Micro-batch ``k`` → this rank's batch (``step = k // accumulate``)."""
+@dataclass
+class Segment:
+    """A stretch of the run trained on its own rows (e.g. one TemporalWiki period)."""
 
-    def __init__(self, rows: torch.Tensor, batch_size: int, *, world_size: int = 1, rank: int = 0,
+    name: str
+    rows: torch.Tensor  # [rows, seq_len]
+    start_step: int
+    num_steps: int
+
+    @property
+    def end_step(self) -> int:
+        return self.start_step + self.num_steps
+
+
+class TrainingStream(Dataset):
+    """Micro-batch ``k`` → this rank's batch (``step = k // accumulate``).
+
+    With ``segments`` the run is a sequence of stretches, each serving (and wrapping over) its own
+    rows; otherwise one segment of ``rows`` covers every step.
+    """
+
+    def __init__(self, rows: torch.Tensor | None, batch_size: int, *, world_size: int = 1, rank: int = 0,
                  accumulate: int = 1, shuffle: bool = False, seed: int = 0,
-                 transforms: list[BatchTransform] | None = None, start_step: int = 0, num_steps: int = 0):
-        self.rows, self.batch_size = rows, batch_size
+                 transforms: list[BatchTransform] | None = None, start_step: int = 0, num_steps: int = 0,
+                 segments: list[Segment] | None = None):
+        self.segments = segments or [Segment("all", rows, 0, 1 << 62)]
+        self.batch_size = batch_size
         self.world_size, self.rank, self.accumulate = world_size, rank, accumulate
         self.shuffle, self.seed = shuffle, seed
         self.transforms = list(transforms or [])
         self.start_step, self.num_steps = start_step, num_steps
-        self._perm_epoch, self._perm = -1, None
+        self._perm_key, self._perm = None, None
+
+    @property
+    def rows(self) -> torch.Tensor:
+        return self.segments[0].rows
 
     @property
     def global_batch_size(self) -> int:
@@ -50,25 +75,40 @@ class TrainingStream(Dataset):
         micro_index = self.start_step * self.accumulate + k
         step, micro = divmod(micro_index, self.accumulate)
         global_rows = (micro * self.world_size + self.rank) * self.batch_size + torch.arange(self.batch_size)
-        ids = self.rows_at(step * self.global_batch_size + global_rows)
+        ids = self.rows_for(step, global_rows)
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "step": torch.tensor(step)}
         for transform in self.transforms:
             batch = transform(batch, step, global_rows)
         return batch
 
+    def segment_of(self, step: int) -> tuple[int, Segment]:
+        for index, segment in enumerate(self.segments):
+            if segment.start_step <= step < segment.end_step:
+                return index, segment
+        raise IndexError(f"step {step} is past the last segment (ends at {self.segments[-1].end_step})")
+
+    def rows_for(self, step: int, global_rows: torch.Tensor) -> torch.Tensor:
+        """The packed rows of ``global_rows`` of the global batch of ``step``."""
+        index, segment = self.segment_of(step)
+        positions = (step - segment.start_step) * self.global_batch_size + global_rows
+        return self._rows_at(index, segment.rows, positions)
+
     def rows_at(self, positions: torch.Tensor) -> torch.Tensor:
-        """Packed rows at absolute stream positions (wrapping into further epochs)."""
-        n = self.rows.shape[0]
-        out = torch.empty((len(positions), self.rows.shape[1]), dtype=self.rows.dtype)
+        """Packed rows at absolute positions of the first segment's stream (wrapping into epochs)."""
+        return self._rows_at(0, self.segments[0].rows, positions)
+
+    def _rows_at(self, index: int, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        n = rows.shape[0]
+        out = torch.empty((len(positions), rows.shape[1]), dtype=rows.dtype)
         for i, pos in enumerate(positions.tolist()):
             epoch, offset = divmod(pos, n)
-            out[i] = self.rows[self._order(epoch)[offset] if self.shuffle else offset]
+            out[i] = rows[self._order(index, epoch, n)[offset] if self.shuffle else offset]
         return out
 
-    def _order(self, epoch: int) -> torch.Tensor:
-        if epoch != self._perm_epoch:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(self.rows.shape[0], generator=gen), epoch
+    def _order(self, index: int, epoch: int, n: int) -> torch.Tensor:
+        if (index, epoch) != self._perm_key:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 7919 * index)
+            self._perm, self._perm_key = torch.randperm(n, generator=gen), (index, epoch)
         return self._perm
 
 
@@ -119,6 +159,7 @@ class CorpusDataModule(pl.LightningDataModule):
         super().__init__()
         self.corpus, self.data, self.tokenizer, self.seed = dict(corpus), dict(data), tokenizer, seed
         self.rows: torch.Tensor | None = None
+        self.segment_rows: list[tuple[str, torch.Tensor]] | None = None  # segmented corpora (periods)
         self.transforms: list[BatchTransform] = []
 
     @property
@@ -132,6 +173,13 @@ class CorpusDataModule(pl.LightningDataModule):
     def prepare_rows(self) -> None:
         """Tokenise and pack now (called before training starts so input errors surface early)."""
         if self.rows is not None or self.streaming:
+            return
+        from kdyn.data.periods import is_segmented, segment_documents
+
+        if is_segmented(self.corpus):
+            self.segment_rows = [(name, pack_rows(docs, self.tokenizer, self.seq_len))
+                                 for name, docs in segment_documents(self.corpus)]
+            self.rows = torch.cat([rows for _, rows in self.segment_rows])
             return
         rows = pack_rows(corpora.load_documents(self.corpus), self.tokenizer, self.seq_len, self.data.get("max_rows"))
         if rows.shape[0] < int(self.data["batch_size"]):
@@ -155,12 +203,33 @@ class CorpusDataModule(pl.LightningDataModule):
         else:
             self.prepare_rows()
             dataset = TrainingStream(self.rows, int(self.data["batch_size"]), shuffle=bool(self.corpus.get("shuffle", False)),
-                                     seed=int(self.seed), **common)
+                                     seed=int(self.seed), segments=self.segments(trainer), **common)
         workers = int(self.data.get("num_workers", 0))
         return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False)
 
+    def segments(self, trainer=None) -> list[Segment] | None:
+        """The run's segments (one per period) with their step ranges, for segmented corpora."""
+        if self.segment_rows is None:
+            return None
+        per_step = int(self.data["batch_size"]) * (trainer.world_size if trainer is not None else 1) * (
+            trainer.accumulate_grad_batches if trainer is not None else 1)
+        epochs = float(self.corpus.get("epochs_per_period", 1))
+        segments, start = [], 0
+        for name, rows in self.segment_rows:
+            steps = max(1, -(-int(rows.shape[0] * epochs) // per_step))
+            segments.append(Segment(name, rows, start, steps))
+            start += steps
+        return segments
+
     def total_steps(self, trainer=None) -> int:
-        """Optimizer steps of the run: ``trainer.max_steps``, or ``data.epochs`` passes over the corpus."""
+        """Optimizer steps of the run: the periods' total for segmented corpora (capped by a smaller
+        positive ``trainer.max_steps``), else ``trainer.max_steps``, or ``data.epochs`` passes."""
+        segments = self.segments(trainer)
+        if segments is not None:
+            total = segments[-1].end_step
+            if trainer is not None and trainer.max_steps and 0 < trainer.max_steps < total:
+                return int(trainer.max_steps)
+            return total
         if trainer is not None and trainer.max_steps and trainer.max_steps > 0:
             return int(trainer.max_steps)
         if self.rows is None:

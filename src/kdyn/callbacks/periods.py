@@ -1,0 +1,137 @@
+"""TemporalWiki evaluation at period boundaries (``callbacks.periods``).
+
+For a segmented corpus (``corpus=temporalwiki``) the run trains period after period. Before the
+first update and after the last update of each period, the callback scores the TWiki probes —
+``changed`` (C_ppl: new and updated facts) and ``unchanged`` (UnC_ppl: forgetting) — of the period
+just trained (``evaluate=current``, as TemporalWiki: a model is evaluated on the probes of the
+interval it was just trained on; at step 0 the first period's probes) or of every period
+(``evaluate=all``). Perplexity is reported on the whole ``subject relation object`` string (as
+TemporalWiki) and on the object only. Rows go to ``temporalwiki.csv`` as they are measured; a
+non-segmented corpus makes the callback do nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+
+from kdyn.callbacks.log_utils import log_scalars
+
+log = logging.getLogger(__name__)
+
+TABLE = "temporalwiki.csv"
+COLUMNS = ["step", "after_period", "probe_period", "scenario", "n", "ppl_full", "ppl_object",
+           "ppl_full_token_weighted", "ppl_object_token_weighted"]
+
+
+class PeriodEvaluator(pl.Callback):
+    def __init__(self, dirpath: str, batch_tokens: int = 8192, evaluate: str = "current", max_len: int | None = None):
+        from kdyn.errors import KdynError
+
+        if evaluate not in ("current", "all"):
+            raise KdynError(f"callbacks.periods.evaluate must be current or all, got {evaluate!r}")
+        self.path = Path(dirpath) / TABLE
+        self.batch_tokens, self.evaluate, self.max_len = int(batch_tokens), evaluate, max_len
+        self.active = False
+        self.boundaries: dict[int, str] = {}
+        self.period_names: list[str] = []
+        self._sets: dict[str, tuple[list, list]] = {}
+        self.rows: list[dict[str, Any]] = []
+        self._last_step = -1
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from kdyn.data.periods import is_segmented, load_periods
+        from kdyn.data.probes import make_batches, tokenize_probes
+        from kdyn.data.temporalwiki import period_probes
+
+        datamodule = getattr(trainer, "datamodule", None)
+        corpus = getattr(datamodule, "corpus", None)
+        if corpus is None or not is_segmented(corpus):
+            return
+        self.active = True
+        datamodule.prepare_rows()
+        tokenizer = pl_module.tokenizer
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        for period in load_periods(corpus):
+            probes = period_probes(period)
+            batches = make_batches(tokenize_probes(probes, tokenizer, max_len=self.max_len), probes,
+                                   batch_tokens=self.batch_tokens, pad_id=pad)
+            self._sets[period.name] = (probes, batches)
+            self.period_names.append(period.name)
+        for segment in datamodule.segments(trainer):
+            self.boundaries[segment.end_step] = segment.name
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.active:
+            return
+        self._last_step = trainer.global_step
+        if trainer.is_global_zero and (trainer.global_step == 0 or not self.path.is_file()):
+            with self.path.open("w", newline="") as f:
+                csv.DictWriter(f, fieldnames=COLUMNS).writeheader()
+        elif trainer.is_global_zero:  # resuming: keep the rows measured up to the checkpoint
+            with self.path.open(newline="") as f:
+                kept = [r for r in csv.DictReader(f) if int(r["step"]) <= trainer.global_step]
+            with self.path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=COLUMNS)
+                writer.writeheader()
+                writer.writerows(kept)
+        if trainer.global_step == 0:
+            names = self.period_names if self.evaluate == "all" else self.period_names[:1]
+            self._score(trainer, pl_module, 0, "before", names)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if not self.active or step == self._last_step:
+            return
+        self._last_step = step
+        period = self.boundaries.get(step)
+        if period is not None:
+            self._score(trainer, pl_module, step, period, self.period_names if self.evaluate == "all" else [period])
+
+    def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, after: str,
+               names: list[str]) -> None:
+        from kdyn.data.probes import score_batches
+        from kdyn.data.temporalwiki import perplexities
+
+        if not trainer.is_global_zero:  # probes are few; rank zero scores them all
+            return
+        rows, logged = [], {}
+        for name in names:
+            probes, batches = self._sets[name]
+            ppl = perplexities(score_batches(pl_module.model, batches, device=pl_module.device), probes)
+            for scenario, values in ppl.items():
+                row = {"step": step, "after_period": after, "probe_period": name, "scenario": scenario,
+                       **{k: values.get(k) for k in COLUMNS[4:]}}
+                rows.append(row)
+                if name == (after if after != "before" else names[0]):
+                    tag = "C" if scenario == "changed" else "UnC"
+                    logged[f"twiki/{tag}_ppl_full"] = values["ppl_full"]
+                    logged[f"twiki/{tag}_ppl_object"] = values["ppl_object"]
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=COLUMNS).writerows(rows)
+        self.rows += rows
+        log_scalars(trainer, logged, step=step)
+
+
+def summarize_table(path: str | Path) -> dict[str, Any] | None:
+    """results.json["temporalwiki"]: per period trained, C_ppl and UnC_ppl on that period's probes."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    out: dict[str, Any] = {}
+    for row in rows:
+        if row["after_period"] != "before" and row["probe_period"] != row["after_period"]:
+            continue
+        key = "before" if row["after_period"] == "before" else row["after_period"]
+        tag = "C" if row["scenario"] == "changed" else "UnC"
+        entry = out.setdefault(key, {"step": int(row["step"]), "probe_period": row["probe_period"]})
+        entry[f"{tag}_ppl_full"] = float(row["ppl_full"])
+        entry[f"{tag}_ppl_object"] = float(row["ppl_object"])
+        entry[f"{tag}_n"] = int(row["n"])
+    return out or None
