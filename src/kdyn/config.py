@@ -68,3 +68,46 @@ def to_plain(node: Any) -> Any:
     if isinstance(node, DictConfig) or OmegaConf.is_config(node):
         return OmegaConf.to_container(node, resolve=True)
     return node
+
+
+# ----------------------------------------------------------------------------------- run folders
+def _run_dir(task: str, run_id: Any = None) -> str:
+    """``outputs/<task>/runs/<run_id>`` (a rerun resumes) or a fresh timestamped folder."""
+    import datetime
+
+    if run_id not in (None, "", "null"):
+        return f"outputs/{task}/runs/{_safe(str(run_id))}"
+    now = datetime.datetime.now()
+    return f"outputs/{task}/{now:%Y-%m-%d}/{now:%H-%M-%S-%f}"
+
+
+def _sweep_dir(task: str, sweep_id: Any = None) -> str:
+    """``outputs/<task>/multirun/<sweep_id>`` (a rerun finds its jobs) or a fresh timestamped folder."""
+    import datetime
+
+    if sweep_id not in (None, "", "null"):
+        return f"outputs/{task}/multirun/{_safe(str(sweep_id))}"
+    now = datetime.datetime.now()
+    return f"outputs/{task}/multirun/{now:%Y-%m-%d}/{now:%H-%M-%S-%f}"
+
+
+def _job_dir(num: Any, override_dirname: Any, sweep_id: Any = None) -> str:
+    """A multirun job's folder: its number, or — in a named sweep — its overrides, so that a rerun of
+    the sweep (even with a reordered grid) maps every job to the same folder."""
+    import hashlib
+
+    if sweep_id in (None, "", "null") or not override_dirname:
+        return str(num)
+    name = _safe(str(override_dirname))
+    if len(name) > 120:
+        name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:10]
+    return name
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=,+@" else "_" for c in text).strip("._") or "run"
+
+
+for _name, _fn in (("kdyn_run_dir", _run_dir), ("kdyn_sweep_dir", _sweep_dir), ("kdyn_job_dir", _job_dir)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn, use_cache=True)

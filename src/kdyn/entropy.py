@@ -64,6 +64,7 @@ def measure_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict
     maxima = max_entropy(ffn.d_ff)
     out = Path(cfg.paths.output_dir)
     record = {
+        "status": "completed",
         "total": float(sum(per_layer)),
         "per_layer": per_layer,
         "max_total": float(sum(maxima)),
@@ -137,7 +138,7 @@ def _print(record: dict[str, Any], out: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="entropy")
 def _hydra_main(cfg: DictConfig) -> Any:
-    return run_entry("kdyn-entropy", measure_checkpoint, cfg)
+    return run_entry("kdyn-entropy", measure_checkpoint, cfg, result_file="entropy.json")
 
 
 def main() -> None:

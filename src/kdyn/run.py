@@ -75,6 +75,35 @@ def _fill_wandb(params: dict, cfg: DictConfig, groups: Mapping[str, str | None])
     if params.get("mode") is None:
         params["mode"] = os.environ.get("WANDB_MODE", "offline")
     params.pop("offline", None)
+    params["group"] = params.get("group") or _sweep_name()
+    params["id"] = params.get("id") or _persistent_wandb_id(Path(cfg.paths.output_dir))
+    params.setdefault("resume", "allow")  # a resumed run continues its W&B run
+
+
+def _sweep_name() -> str | None:
+    """The multirun folder's name, so a sweep's runs form one W&B group."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            return Path(str(HydraConfig.get().sweep.dir)).name
+    except Exception:  # noqa: BLE001 - outside Hydra there is no sweep
+        pass
+    return None
+
+
+def _persistent_wandb_id(out: Path) -> str:
+    """The run folder's W&B id (created once), so every attempt of a run logs to the same W&B run."""
+    import secrets
+
+    path = out / "wandb_id.txt"
+    if path.is_file():
+        return path.read_text().strip()
+    out.mkdir(parents=True, exist_ok=True)
+    run_id = secrets.token_hex(4)
+    path.write_text(run_id + "\n")
+    return run_id
 
 
 def finish_loggers(loggers: list[Any]) -> None:
@@ -134,10 +163,61 @@ def _block_classes(model: Any) -> set[type]:
     return classes
 
 
+# Keys that may differ between the attempts of one run without changing what it computes.
+_VOLATILE = ("paths", "hydra", "run_id", "sweep_id", "skip_completed", "resume", "threads", "logger",
+             "trainer.enable_progress_bar", "callbacks.progress", "callbacks.checkpoint.every_n_train_steps")
+RUN_CONFIG = "run_config.json"
+
+
+def comparable_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config minus keys that do not change the computation, flattened to dotted keys."""
+    plain = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+             for k in cfg if k != "hydra"}
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if any(prefix == v or prefix.startswith(v + ".") for v in _VOLATILE):
+            return
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), value)
+        else:
+            flat[prefix] = node
+
+    walk("", plain)
+    return flat
+
+
 def resume_path(cfg: DictConfig) -> str | None:
-    """``checkpoints/last.ckpt`` of this run folder, when a previous attempt left one."""
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    return str(last) if last.is_file() and cfg.get("resume", True) else None
+    """``checkpoints/last.ckpt`` of this run folder, when a previous attempt of the SAME config left one.
+
+    A checkpoint written under a different configuration is never resumed silently: the error names
+    the keys that differ.
+    """
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    last = folder / "last.ckpt"
+    if not last.is_file() or not cfg.get("resume", True):
+        return None
+    recorded = folder / RUN_CONFIG
+    if recorded.is_file():
+        import json
+
+        before = json.loads(recorded.read_text())
+        now = json.loads(json.dumps(comparable_config(cfg), default=str))
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        if changed:
+            shown = ", ".join(f"{k}: {before.get(k)!r} → {now.get(k)!r}" for k in changed[:5])
+            raise KdynError(f"{cfg.paths.output_dir} holds a checkpoint of a different configuration ({shown}"
+                            f"{' …' if len(changed) > 5 else ''}); use another run_id / run folder, or resume=false "
+                            "to start over in this folder")
+    return str(last)
+
+
+def record_config(cfg: DictConfig) -> None:
+    """Write the comparable config next to the checkpoints (checked when the run is resumed)."""
+    from kdyn.utils.io import atomic_write_json
+
+    atomic_write_json(Path(cfg.paths.output_dir) / "checkpoints" / RUN_CONFIG, comparable_config(cfg))
 
 
 def print_summary(tool: str, results: Mapping[str, Any], extra_rows: list[tuple[str, str]] = ()) -> None:

@@ -35,7 +35,8 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     from kdyn.data.datamodule import CorpusDataModule
     from kdyn.models.loading import load_model
     from kdyn.module import CausalLMModule
-    from kdyn.run import build_callbacks, build_loggers, build_trainer, finish_loggers, print_summary, resume_path
+    from kdyn.run import (build_callbacks, build_loggers, build_trainer, finish_loggers, print_summary, record_config,
+                          resume_path)
 
     state = state or RunStarted()
     started = time.time()
@@ -59,16 +60,23 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     _set_run_length(trainer, datamodule)
     plan = _injection_plan(cfg, loaded.tokenizer, trainer, datamodule)
 
-    # 2. Train (resuming when this run folder already holds a checkpoint).
+    # 2. Train (resuming when this run folder already holds a checkpoint of the same config).
+    ckpt = resume_path(cfg)
     state.started = True
     out.mkdir(parents=True, exist_ok=True)
-    if plan is not None and trainer.is_global_zero:
-        write_csv(out / "injections.csv", plan.to_rows())
     if trainer.is_global_zero:
+        record_config(cfg)
         atomic_write_json(out / "intervention.json", intervention_record)
-    ckpt = resume_path(cfg)
+        if plan is not None:
+            write_csv(out / "injections.csv", plan.to_rows())
     if ckpt:
-        log.info("resuming from %s", ckpt)
+        from kdyn.loggers import ResumableCSVLogger
+
+        step = checkpoint_step(ckpt)
+        log.info("resuming from %s (step %d)", ckpt, step)
+        for logger in loggers:
+            if isinstance(logger, ResumableCSVLogger):
+                logger.keep_rows_until(step)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
     finally:
@@ -115,6 +123,11 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     return results
 
 
+def checkpoint_step(path: str) -> int:
+    """The global step of a Lightning checkpoint, read without loading its tensors."""
+    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
+
+
 def _set_run_length(trainer, datamodule) -> None:
     """Segmented corpora (TemporalWiki periods) define the run's length; a smaller positive
     ``trainer.max_steps`` cuts it short (with a warning naming the periods left out)."""
@@ -129,7 +142,7 @@ def _set_run_length(trainer, datamodule) -> None:
     else:
         log.info("corpus=%s: %d periods in %d steps (%s)", datamodule.corpus.get("name"), len(segments), total,
                  ", ".join(f"{s.name}: {s.num_steps}" for s in segments))
-    trainer.fit_loop.max_steps = total
+    trainer.fit_loop.epoch_loop.max_steps = total
 
 
 def _apply_intervention(cfg: DictConfig, loaded, module, out: Path):

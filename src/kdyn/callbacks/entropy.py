@@ -58,11 +58,30 @@ class EntropyLogger(pl.Callback):
             self.recorder = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.recorder.metric.to(pl_module.device)
         self.recorder.reset()
+        self._restore()  # a resumed run continues the sums it had accumulated since its last log
+        self.recorder.metric.to(pl_module.device)
         self._last_step = trainer.global_step
         if self._heldout_batches is not None and trainer.global_step == 0:
             self._log_heldout(trainer, pl_module)
+
+    # ----------------------------------------------------------------------------- resume state
+    def state_dict(self) -> dict[str, Any]:
+        """The sums accumulated since the last log, so a resumed run logs what an uninterrupted one would."""
+        if self.recorder is None:
+            return {}
+        metric = self.recorder.metric
+        return {"abs_sum": metric.abs_sum.detach().cpu().clone(), "tokens": metric.tokens.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._pending_state = state
+
+    def _restore(self) -> None:
+        state = getattr(self, "_pending_state", None)
+        if state and self.recorder is not None and state["abs_sum"].shape == self.recorder.metric.abs_sum.shape:
+            self.recorder.metric.abs_sum.copy_(state["abs_sum"])
+            self.recorder.metric.tokens.copy_(state["tokens"])
+        self._pending_state = None
 
     # ----------------------------------------------------------------------------- recording
     def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:

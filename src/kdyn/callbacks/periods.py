@@ -56,11 +56,16 @@ class PeriodEvaluator(pl.Callback):
         datamodule.prepare_rows()
         tokenizer = pl_module.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        import torch
+
         for period in load_periods(corpus):
             probes = period_probes(period)
-            batches = make_batches(tokenize_probes(probes, tokenizer, max_len=self.max_len), probes,
-                                   batch_tokens=self.batch_tokens, pad_id=pad)
-            self._sets[period.name] = (probes, batches)
+            tokenized = tokenize_probes(probes, tokenizer, max_len=self.max_len)
+            batches = make_batches(tokenized, probes, batch_tokens=self.batch_tokens, pad_id=pad)
+            n_predicted = torch.zeros(len(probes), dtype=torch.long)
+            for probe, (ids, _) in zip(probes, tokenized):
+                n_predicted[probe.index] = len(ids) - 1
+            self._sets[period.name] = (probes, batches, n_predicted)
             self.period_names.append(period.name)
         for segment in datamodule.segments(trainer):
             self.boundaries[segment.end_step] = segment.name
@@ -101,8 +106,9 @@ class PeriodEvaluator(pl.Callback):
             return
         rows, logged = [], {}
         for name in names:
-            probes, batches = self._sets[name]
-            ppl = perplexities(score_batches(pl_module.model, batches, device=pl_module.device), probes)
+            probes, batches, n_predicted = self._sets[name]
+            ppl = perplexities(score_batches(pl_module.model, batches, device=pl_module.device), probes,
+                               n_predicted=n_predicted)
             for scenario, values in ppl.items():
                 row = {"step": step, "after_period": after, "probe_period": name, "scenario": scenario,
                        **{k: values.get(k) for k in COLUMNS[4:]}}

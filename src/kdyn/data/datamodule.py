@@ -17,7 +17,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from kdyn.data import corpora
 from kdyn.data.packing import iter_packed_rows, pack_rows
@@ -112,6 +112,26 @@ class TrainingStream(Dataset):
         return self._perm
 
 
+class StepOrderedStream(IterableDataset):
+    """Serves a `TrainingStream` in step order as an iterable.
+
+    Lightning restarts a *sized* loader from its first item when it resumes mid-epoch (and may start
+    a new epoch after the restored batch count); an iterable of unknown length has no epochs, so a
+    resumed run simply continues from the step the loader was created at (the restored global
+    step). With several workers each takes every n-th micro-batch; the DataLoader interleaves them
+    back in order.
+    """
+
+    def __init__(self, stream: TrainingStream):
+        self.stream = stream
+
+    def __iter__(self):
+        worker = get_worker_info()
+        workers, wid = (worker.num_workers, worker.id) if worker else (1, 0)
+        for k in range(wid, len(self.stream), workers):
+            yield self.stream[k]
+
+
 class StreamingTrainingStream(IterableDataset):
     """The same contract for streamed corpora: rows in stream order, resumable by skipping."""
 
@@ -202,8 +222,9 @@ class CorpusDataModule(pl.LightningDataModule):
             dataset = StreamingTrainingStream(self.corpus, self.tokenizer, self.seq_len, int(self.data["batch_size"]), **common)
         else:
             self.prepare_rows()
-            dataset = TrainingStream(self.rows, int(self.data["batch_size"]), shuffle=bool(self.corpus.get("shuffle", False)),
-                                     seed=int(self.seed), segments=self.segments(trainer), **common)
+            dataset = StepOrderedStream(TrainingStream(
+                self.rows, int(self.data["batch_size"]), shuffle=bool(self.corpus.get("shuffle", False)),
+                seed=int(self.seed), segments=self.segments(trainer), **common))
         workers = int(self.data.get("num_workers", 0))
         return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False)
 

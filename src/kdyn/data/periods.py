@@ -50,7 +50,9 @@ def segment_documents(corpus: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
         replay_docs = load_documents(dict(corpus.get("replay_corpus") or {"name": "synthetic"}))
     out = []
     for period in load_periods(corpus):
-        docs = training_documents(period, replay_unchanged=float(corpus.get("replay_unchanged", 0.0)),
+        # synthetic periods come with the world's own paragraphs; real TWiki rows are verbalised
+        text = corpus.get("text") or ("documents" if getattr(period, "origin", "twiki") == "synthetic" else "verbalized")
+        docs = training_documents(period, source=text, replay_unchanged=float(corpus.get("replay_unchanged", 0.0)),
                                   replay_documents=replay_docs, replay_fraction=float(corpus.get("replay_base", 0.0)),
                                   seed=int(corpus.get("seed", 0)))
         if not docs:

@@ -24,7 +24,8 @@ class RunStarted:
         self.started = False
 
 
-def run_entry(tool: str, task: Callable[[DictConfig, RunStarted], Any], cfg: DictConfig) -> Any:
+def run_entry(tool: str, task: Callable[[DictConfig, RunStarted], Any], cfg: DictConfig,
+              result_file: str = "results.json") -> Any:
     """Run ``task``; on bad input print ``<tool>: error: <message>`` and exit with status 2.
 
     If the error happened before the run produced anything, the run folder Hydra created is removed
@@ -34,6 +35,12 @@ def run_entry(tool: str, task: Callable[[DictConfig, RunStarted], Any], cfg: Dic
 
     quiet_third_party()
     state = RunStarted()
+    done = _completed(cfg, result_file)
+    if done is not None:
+        print(f"{tool}: skipping {done.parent} (skip_completed=true and its {result_file} is complete)", flush=True)
+        import json
+
+        return json.loads(done.read_text())
     try:
         return task(cfg, state)
     except KdynError as e:
@@ -47,6 +54,23 @@ def run_entry(tool: str, task: Callable[[DictConfig, RunStarted], Any], cfg: Dic
         if multirun:
             raise
         sys.exit(2)
+
+
+def _completed(cfg: DictConfig, result_file: str) -> Path | None:
+    """The run's result file when ``skip_completed`` is set and the file reports a completed run."""
+    import json
+
+    if not cfg.get("skip_completed"):
+        return None
+    out = cfg.get("paths", {}).get("output_dir") if hasattr(cfg, "get") else None
+    path = Path(str(out)) / result_file if out else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        status = json.loads(path.read_text()).get("status", "completed")
+    except (OSError, ValueError):
+        return None
+    return path if status == "completed" else None
 
 
 def _output_dir() -> Path | None:

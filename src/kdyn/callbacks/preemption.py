@@ -1,0 +1,31 @@
+"""Save ``checkpoints/last.ckpt`` when the job is asked to stop (SIGTERM: SLURM pre-emption or time
+limit), so a requeued or rerun job resumes exactly where this one stopped.
+
+Lightning turns SIGTERM into an exception at the end of the current optimizer step (after every
+callback of that step ran), which reaches ``on_exception`` on every rank; the checkpoint is saved
+there, collectively, before the process exits. Nothing else is written: ``results.json`` only
+exists for finished runs, so ``kdyn-report`` lists the run as incomplete (resumable).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+
+class PreemptionCheckpoint(pl.Callback):
+    def __init__(self, dirpath: str, filename: str = "last.ckpt"):
+        self.path = Path(dirpath) / filename
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(str(self.path))
+        log.warning("stopped by SIGTERM after step %d: saved %s; rerun the same command (or requeue) to resume",
+                    trainer.global_step, self.path)

@@ -1,0 +1,67 @@
+"""A CSV logger that keeps the metrics of earlier attempts when a run is resumed.
+
+Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when it starts. kdyn resumes runs in
+their own folder, so this subclass reads the earlier rows first and writes back those measured up to
+the checkpoint it resumes from (Lightning's own ``train/*`` rows only below that step: the batch of the
+checkpoint's step is trained again).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from lightning.pytorch.loggers import CSVLogger
+
+
+class ResumableCSVLogger(CSVLogger):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.resume_step: int | None = None
+        self._kept_rows: list[dict] | None = None
+
+    def keep_rows_until(self, step: int) -> None:
+        """Call before training when resuming from a checkpoint at ``step``."""
+        self.resume_step = int(step)
+        path = Path(self.log_dir) / "metrics.csv"
+        if not path.is_file():
+            self._kept_rows = []
+            return
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        self._kept_rows = [r for r in rows if _keep(r, self.resume_step)]
+
+    @property
+    def experiment(self):
+        fresh = self._experiment is None
+        writer = super().experiment
+        if fresh and self._kept_rows:
+            parsed = [{k: _number(v) for k, v in row.items() if v not in ("", None)} for row in self._kept_rows]
+            writer.metrics = parsed + writer.metrics
+            for row in parsed:
+                for key in row:
+                    if key not in writer.metrics_keys:
+                        writer.metrics_keys.append(key)
+            writer.metrics_keys.sort()
+            self._kept_rows = None
+        return writer
+
+
+def _keep(row: dict, step: int) -> bool:
+    try:
+        row_step = int(float(row.get("step", "")))
+    except ValueError:
+        return False
+    if row_step > step:
+        return False
+    if row_step == step:  # Lightning's train/* rows of step s belong to batch s, trained after the checkpoint
+        return not any(k.startswith("train/") and v not in ("", None) for k, v in row.items())
+    return True
+
+
+def _number(value: str):
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number

@@ -1,0 +1,85 @@
+"""Runs are resumable: a SIGTERM mid-way saves last.ckpt, a rerun resumes and ends exactly like an
+uninterrupted run; a checkpoint of another config is never resumed; skip_completed skips."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+
+from kdyn.errors import KdynError
+from kdyn.train import train
+from tests.conftest import compose_cfg
+
+
+class SigtermAt(pl.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _args(saved_models, corpus_jsonl):
+    return ["model=local", f"model.path={saved_models['olmo']}", "corpus=text", f"corpus.path={corpus_jsonl}",
+            "corpus.shuffle=true", "trainer.max_steps=8", "data.seq_len=128", "data.batch_size=8",
+            "inject.source.num_items=6", "inject.scenarios.paraphrase=2", "inject.scenarios.duplicate=2",
+            "inject.scenarios.once=2", "inject.interval=2", "inject.num_events=2", "inject.metrics.window=2",
+            "callbacks.entropy.every_n_steps=3", "callbacks.checkpoint.every_n_train_steps=1000",
+            "trainer.enable_progress_bar=false", "optim.scheduler=cosine", "optim.warmup_steps=2", "seed=3"]
+
+
+def _rows(path: Path, key: str | None = None) -> list[dict]:
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if key is None or r.get(key)]
+
+
+def test_sigterm_then_rerun_matches_an_uninterrupted_run(saved_models, corpus_jsonl, tmp_path):
+    args = _args(saved_models, corpus_jsonl)
+    straight = train(compose_cfg("train", args, tmp_path / "straight"))
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(SystemExit):
+        train(compose_cfg("train", args, interrupted), extra_callbacks=[SigtermAt(5)])
+    assert (interrupted / "checkpoints" / "last.ckpt").is_file()
+    assert not (interrupted / "results.json").exists()  # an unfinished run has no results
+
+    resumed = train(compose_cfg("train", args, interrupted))
+    assert resumed["steps_this_session"] == 3
+    for key in ("steps", "tokens_seen", "final_loss", "final_loss_mean10", "first_loss"):
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-6), key
+    assert json.dumps(resumed["knowledge"], sort_keys=True) == json.dumps(straight["knowledge"], sort_keys=True)
+    assert _rows(interrupted / "probes.csv") == _rows(tmp_path / "straight" / "probes.csv")
+    for key in ("train/loss", "entropy/total"):
+        a = [(r["step"], float(r[key])) for r in _rows(tmp_path / "straight" / "metrics.csv", key)]
+        b = [(r["step"], float(r[key])) for r in _rows(interrupted / "metrics.csv", key)]
+        assert [s for s, _ in a] == [s for s, _ in b], key
+        assert [v for _, v in a] == pytest.approx([v for _, v in b], rel=1e-6), key
+
+
+def test_a_checkpoint_of_another_config_is_not_resumed(saved_models, corpus_jsonl, tmp_path):
+    args = _args(saved_models, corpus_jsonl)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        train(compose_cfg("train", args, run), extra_callbacks=[SigtermAt(2)])
+    with pytest.raises(KdynError, match=r"different configuration \(optim.lr"):
+        train(compose_cfg("train", [*args, "optim.lr=1e-3"], run))
+
+
+def test_skip_completed_returns_the_saved_results_without_training(saved_models, corpus_jsonl, tmp_path, capsys):
+    from kdyn.utils.entry import run_entry
+
+    args = [*_args(saved_models, corpus_jsonl), "trainer.max_steps=4", "inject.enabled=false"]
+    first = train(compose_cfg("train", args, tmp_path / "run"))
+    mtime = (tmp_path / "run" / "results.json").stat().st_mtime
+    again = run_entry("kdyn-train", train, compose_cfg("train", [*args, "skip_completed=true"], tmp_path / "run"))
+    assert "skipping" in capsys.readouterr().out
+    assert again["final_loss"] == first["final_loss"]
+    assert (tmp_path / "run" / "results.json").stat().st_mtime == mtime
