@@ -57,6 +57,7 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     callbacks = [summary, *build_callbacks(cfg, loaded), *intervention.callbacks(), *(extra_callbacks or [])]
     loggers = build_loggers(cfg, groups)
     trainer = build_trainer(cfg, callbacks, loggers, loaded.model)
+    _check_launch(trainer)
     _set_run_length(trainer, datamodule)
     plan = _injection_plan(cfg, loaded.tokenizer, trainer, datamodule)
 
@@ -121,6 +122,25 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
         atomic_write_json(out / "results.json", results)
         print_summary("kdyn-train", results, extra_rows)
     return results
+
+
+def _check_launch(trainer) -> None:
+    """Local multirun + DDP re-executes the sweep in every extra rank (Lightning #11300): refuse it."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+            return
+        launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    except Exception:  # noqa: BLE001 - outside Hydra nothing to check
+        return
+    strategy = type(trainer.strategy).__name__
+    if trainer.world_size > 1 and launcher.endswith("BasicLauncher") and "Spawn" not in strategy:
+        raise KdynError(
+            "a local multirun cannot run DDP: Lightning re-executes the command line for every extra rank, which "
+            "would restart the whole sweep. Launch DDP sweeps with hydra/launcher=slurm (srun starts the ranks), "
+            "run DDP jobs one at a time without -m, or use trainer.strategy=ddp_spawn for a local test")
 
 
 def checkpoint_step(path: str) -> int:
