@@ -57,6 +57,12 @@ class EntropyLogger(pl.Callback):
             self.recorder.detach()
             self.recorder = None
 
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # Lightning skips teardown when training fails: never leave hooks on the model (the sums stay,
+        # so a pre-emption checkpoint saved by another callback still holds them)
+        if self.recorder is not None:
+            self.recorder.detach()
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.recorder.reset()
         self._restore()  # a resumed run continues the sums it had accumulated since its last log
