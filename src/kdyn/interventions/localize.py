@@ -69,9 +69,10 @@ class Localize(Intervention):
 
         if self.rule == "explicit":
             stats = load_layer_stats(self.layer_stats) if self.layer_stats else None
-            chosen = list(self.layers or [])
-            if not chosen:
+            if not self.layers:
                 raise KdynError("intervention.rule=explicit needs intervention.layers=[layer_0,...]")
+            chosen = (select_layers(stats, self.set_name, rule="explicit", layers=self.layers) if stats
+                      else [str(x) if not isinstance(x, int) else f"layer_{x}" for x in self.layers])
         else:
             if not self.layer_stats:
                 raise KdynError(f"intervention=localize with rule={self.rule} needs intervention.layer_stats=PATH "
