@@ -27,13 +27,13 @@ from typing import Any
 
 from kdyn.errors import KdynError
 
-RESULT_FILES = {"train": "results.json", "entropy": "entropy.json"}
+RESULT_FILES = {"train": "results.json", "entropy": "entropy.json", "trace": "layer_stats.json"}
 ERROR_FILE = "error.json"
 METRICS_FILE = "metrics.csv"
 LAST_CKPT = Path("checkpoints") / "last.ckpt"
 # Folders never searched for runs: bookkeeping, checkpoints, logger and cache folders.
 _PRUNE = {".hydra", "checkpoints", "wandb", "__pycache__", "node_modules", ".git", "lightning_logs"}
-_TOOL_KIND = {"kdyn-train": "train", "kdyn-entropy": "entropy"}
+_TOOL_KIND = {"kdyn-train": "train", "kdyn-entropy": "entropy", "kdyn-trace": "trace", "kdyn-eval": "eval"}
 
 
 @dataclass
@@ -49,6 +49,7 @@ class Run:
     job_num: int | None = None                   # hydra.job.num (multirun jobs only)
     results: dict[str, Any] | None = None        # results.json
     entropy: dict[str, Any] | None = None        # entropy.json
+    trace: dict[str, Any] | None = None          # layer_stats.json (kdyn-trace)
     error: str | None = None                     # why the run failed / is incomplete / is unreadable
     resumable: bool = False                      # incomplete but has checkpoints/last.ckpt
     name: str = ""                               # short display name (relative to the searched folder)
@@ -255,6 +256,8 @@ def load_run(path: str | Path) -> Run:
                 problems.append(err)
             elif kind == "train":
                 run.results = data
+            elif kind == "trace":
+                run.trace = data
             else:
                 run.entropy = data
     error_data = None
@@ -267,8 +270,9 @@ def load_run(path: str | Path) -> Run:
     if problems:
         run.status = "unreadable"
         run.error = "; ".join(problems)
-    elif run.results is not None or run.entropy is not None:
-        statuses = [str(d.get("status") or "completed") for d in (run.results, run.entropy) if d is not None]
+    elif run.results is not None or run.entropy is not None or run.trace is not None:
+        statuses = [str(d.get("status") or "completed") for d in (run.results, run.entropy, run.trace)
+                    if isinstance(d, dict)]
         bad = [s for s in statuses if s != "completed"]
         run.status = bad[0] if bad else "completed"
         if error_data is not None and bad:
@@ -279,7 +283,7 @@ def load_run(path: str | Path) -> Run:
     else:
         run.status = "incomplete"
         run.resumable = (path / LAST_CKPT).is_file()
-        run.error = "no results.json, entropy.json or error.json (crashed, killed or still running)"
+        run.error = "no results.json, entropy.json, layer_stats.json or error.json (crashed, killed or still running)"
         if run.resumable:
             run.error += "; has last.ckpt: resumable"
     return run
@@ -306,6 +310,8 @@ def _read_hydra(run: Run, hydra_cfg: dict[str, Any]) -> None:
 
 
 def _kind(run: Run, error_data: dict[str, Any] | None) -> str | None:
+    if run.trace is not None or (run.path / RESULT_FILES["trace"]).is_file():
+        return "trace"
     has_train, has_entropy = run.results is not None, run.entropy is not None
     if not (has_train or has_entropy):  # unreadable / failed / incomplete: infer from the tool or task
         has_train = (run.path / RESULT_FILES["train"]).is_file()
@@ -319,7 +325,7 @@ def _kind(run: Run, error_data: dict[str, Any] | None) -> str | None:
     if error_data and error_data.get("tool") in _TOOL_KIND:
         return _TOOL_KIND[error_data["tool"]]
     task = run.config_value("task_name")
-    if task in ("train", "entropy"):
+    if task in ("train", "entropy", "trace", "eval"):
         return task
     return None
 

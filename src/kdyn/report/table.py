@@ -73,6 +73,8 @@ def summary_row(run: Run) -> dict[str, Any]:
         row.update(flatten(run.results, "results."))
     if run.entropy is not None:
         row.update(flatten(run.entropy, "entropy."))
+    if isinstance(run.trace, dict):
+        row.update(flatten({k: v for k, v in run.trace.items() if k != "settings"}, "trace."))
     return row
 
 
@@ -87,6 +89,7 @@ def summary_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     groups.sort(key=lambda k: (order.get(k[len("group."):], len(order)), k))
     columns = [c for c in IDENTITY if c in seen] + groups + (["overrides"] if "overrides" in seen else [])
     columns += [k for k in seen if k.startswith("results.")] + [k for k in seen if k.startswith("entropy.")]
+    columns += [k for k in seen if k.startswith("trace.")]
     columns += [k for k in seen if k not in set(columns)]
     return columns
 

@@ -31,6 +31,7 @@ FigureFunction = Callable[..., list[Path]]
 FIGURE_MODULES: list[str] = [
     "kdyn.report.figures.entropy",
     "kdyn.report.figures.knowledge",
+    "kdyn.report.figures.interventions",
 ]
 
 
