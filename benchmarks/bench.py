@@ -3,9 +3,19 @@
     python benchmarks/bench.py                    # every section
     python benchmarks/bench.py --only entropy     # one section
     python benchmarks/bench.py --quick            # fewer repeats (a smoke run)
+    python benchmarks/bench.py --tiny-only        # skip the Pythia-160m-sized cases of the new sections
 
-Every comparison is a ratio measured side by side in the same process, alternating the two
-variants, so machine load affects both alike. Targets are printed next to the figures; nothing
+Sections: entropy, probes (measurement costs), overhead (kdyn-train vs a hand-written PyTorch loop),
+callbacks (the cost of each default callback), freeze (half the layers frozen), growth (step time and
+peak memory vs width, depth and sequence length, each case in its own process), gpu (tokens/s and
+MFU in bf16; skipped without CUDA). Environment: KDYN_BENCH_THREADS (torch threads),
+KDYN_PEAK_FLOPS (the GPU's peak bf16 FLOP/s when it is not in bench_gpu's table),
+KDYN_BENCH_DEVICE=gpu (run the growth section on the GPU).
+
+Every comparison is a ratio measured side by side in the same run, alternating the variants
+(the growth section runs each case in its own process, to measure its peak memory, and alternates
+the cases), so machine load affects them alike; each section's docstring says how it times and
+which statistic (median of steps, min or median of repeats) it keeps. Targets are printed next to the figures; nothing
 here is a test — a missed target is reported, not failed.
 """
 
@@ -16,6 +26,7 @@ import csv
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -51,10 +62,47 @@ def _probes(args):
     return run(quick=args.quick)
 
 
+@section("overhead")
+def _overhead(args):
+    from bench_overhead import run_overhead
+
+    return run_overhead(quick=args.quick, tiny_only=args.tiny_only)
+
+
+@section("callbacks")
+def _callbacks(args):
+    from bench_overhead import run_callbacks
+
+    return run_callbacks(quick=args.quick, tiny_only=args.tiny_only)
+
+
+@section("freeze")
+def _freeze(args):
+    from bench_freeze import run
+
+    return run(quick=args.quick, tiny_only=args.tiny_only)
+
+
+@section("growth")
+def _growth(args):
+    from bench_growth import run
+
+    return run(quick=args.quick, tiny_only=args.tiny_only)
+
+
+@section("gpu")
+def _gpu(args):
+    from bench_gpu import run
+
+    return run(quick=args.quick, tiny_only=args.tiny_only)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="", help=f"comma-separated sections: {', '.join(SECTIONS)}")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and steps (a smoke run)")
+    parser.add_argument("--tiny-only", action="store_true",
+                        help="skip the Pythia-160m-sized cases of overhead, freeze, growth (a faster smoke run)")
     parser.add_argument("--csv", default=str(Path(__file__).resolve().parent / "results.csv"))
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
@@ -68,9 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for name in chosen:
         print(f"\n== {name} ==", flush=True)
+        start = time.perf_counter()
         section_rows = SECTIONS[name](args)
         for row in section_rows:
             print(row.line(), flush=True)
+        print(f"({name}: {time.perf_counter() - start:.0f} s)", flush=True)
         rows += section_rows
     _write_csv(rows, Path(args.csv))
     print("\n" + Row.markdown(rows))

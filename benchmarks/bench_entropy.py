@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from bench_common import (PYTHIA_160M, TINY_SIZES, Row, alternate, kdyn_train_step_time, median, saved_model,
-                          synthetic_tokenizer, workdir)
+from bench_common import (PYTHIA_160M, TINY_SIZES, Row, alternate, kdyn_train_step_time, median, shared_model,
+                          shared_tokenizer, workdir)
 
 
 def run(quick: bool = False) -> list[Row]:
@@ -16,13 +16,13 @@ def run(quick: bool = False) -> list[Row]:
     from transformers import AutoModelForCausalLM
 
     root = workdir()
-    tokenizer = synthetic_tokenizer()
+    tokenizer = shared_tokenizer()
     docs = load_documents({"name": "synthetic"})
     rows: list[Row] = []
     cases = [("tiny (OLMo arch)", TINY_SIZES, 128, 16, 40 if not quick else 10, 60 if not quick else 12),
              ("Pythia-160m config", PYTHIA_160M, 256, 4, 3 if not quick else 1, 6 if not quick else 3)]
     for name, sizes, seq_len, batch_size, n_batches, train_steps in cases:
-        bench_model = saved_model(name.split()[0], sizes, tokenizer, root)
+        bench_model = shared_model("tiny" if sizes is TINY_SIZES else "pythia160m", sizes)
         params = f"{bench_model.parameters / 1e6:.1f}M params"
         model = AutoModelForCausalLM.from_pretrained(bench_model.folder).eval()
         ffn = locate_ffn(model)

@@ -42,12 +42,12 @@ def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask
     """Mean next-token cross-entropy over non-padding targets; returns (loss, number of targets)."""
     if labels is None:
         labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -100)
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    n_targets = (shift_labels != -100).sum()
-    loss = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
-    )
+    # Shift the labels, not the logits: slicing [B, T, V] logits would copy them (and their gradient).
+    targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+    n_targets = (targets != -100).sum()
+    flat = logits.reshape(-1, logits.size(-1))
+    loss = F.cross_entropy(flat if flat.dtype == torch.float32 else flat.float(), targets.reshape(-1),
+                           ignore_index=-100, reduction="sum")
     return loss / n_targets.clamp(min=1), n_targets
 
 
@@ -76,13 +76,24 @@ class CausalLMModule(pl.LightningModule):
         n_tokens = mask.sum() if mask is not None else torch.tensor(batch["input_ids"].numel(), device=self.device)
         self.tokens_seen += n_tokens.to(self.tokens_seen.dtype)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log("train/tokens_seen", self.tokens_seen.float(), on_step=True, on_epoch=False)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Learning rate and tokens seen, every ``trainer.log_every_n_steps`` steps, straight to the
+        loggers (one host read per log, none on the other steps)."""
+        trainer = self._trainer
+        step = trainer.global_step if trainer is not None else 0
+        if (trainer is None or not trainer.loggers or step % max(1, trainer.log_every_n_steps)
+                or step == getattr(self, "_last_logged_step", -1)):
+            return
+        self._last_logged_step = step
+        from kdyn.callbacks.log_utils import log_scalars
+
+        values: dict[str, float] = {"train/tokens_seen": float(self.tokens_seen)}
         schedulers = self.lr_schedulers()
         if schedulers is not None:
-            self.log("train/lr", schedulers.get_last_lr()[0], on_step=True, on_epoch=False)
+            values["train/lr"] = float(schedulers.get_last_lr()[0])  # the rate of the next update
+        log_scalars(trainer, values, step=trainer.global_step)
 
     # ----------------------------------------------------------------------------------- optimizer
     def configure_optimizers(self):

@@ -24,11 +24,31 @@ class CoefficientRecorder:
 
     def __init__(self, ffn: FFNMap, metric: KnowledgeEntropy | None = None):
         self.ffn = ffn
-        self.metric = metric if metric is not None else KnowledgeEntropy(ffn.d_ff)
+        self._metric = metric if metric is not None else KnowledgeEntropy(ffn.d_ff)
         self.armed = True
         self._mask: torch.Tensor | None = None
         self._tokens: torch.Tensor | int = 0
         self._handles: list = []
+        # Hooks add into these plain float64 buffers (cheaper than a torchmetrics update per layer and
+        # batch); they are moved into the metric whenever the metric is read.
+        self._pending_sum: torch.Tensor | None = None
+        self._pending_tokens: torch.Tensor | None = None
+        self._offsets = self._metric.offsets
+
+    @property
+    def metric(self) -> KnowledgeEntropy:
+        """The metric, with everything recorded so far added to it."""
+        self.flush()
+        return self._metric
+
+    def flush(self) -> None:
+        if self._pending_sum is None:
+            return
+        device = self._metric.abs_sum.device
+        sums, tokens = self._pending_sum.to(device), self._pending_tokens.to(device)
+        for layer in range(len(self._offsets) - 1):
+            self._metric.update(layer, sums[self._offsets[layer]:self._offsets[layer + 1]], tokens[layer])
+        self._pending_sum = self._pending_tokens = None
 
     # --------------------------------------------------------------------------------- lifecycle
     def attach(self) -> "CoefficientRecorder":
@@ -74,14 +94,19 @@ class CoefficientRecorder:
                 tokens = flat.shape[0]
             else:
                 weights, tokens = self._mask.to(flat.device), self._tokens
-            abs_sum = weights @ flat.abs().float()
-            self.metric.update(layer, abs_sum, tokens)
+            if self._pending_sum is None or self._pending_sum.device != flat.device:
+                self.flush()
+                self._pending_sum = torch.zeros(self._offsets[-1], dtype=torch.float64, device=flat.device)
+                self._pending_tokens = torch.zeros(len(self._offsets) - 1, dtype=torch.float64, device=flat.device)
+            self._pending_sum[self._offsets[layer]:self._offsets[layer + 1]] += weights @ flat.abs().float()
+            self._pending_tokens[layer] += tokens
             return None
 
         return hook
 
     def reset(self) -> None:
-        self.metric.reset()
+        self._pending_sum = self._pending_tokens = None
+        self._metric.reset()
 
 
 @torch.inference_mode()

@@ -73,7 +73,7 @@ def load_model(model_cfg: Mapping[str, Any], tokenizer_corpus: Mapping[str, Any]
         tokenizer = AutoTokenizer.from_pretrained(ref.location, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
             ref.location, config=config, dtype=dtype,
-            attn_implementation=model_cfg.get("attn_implementation") or "eager", **kwargs
+            attn_implementation=model_cfg.get("attn_implementation") or "sdpa", **kwargs
         )
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
