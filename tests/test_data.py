@@ -147,3 +147,25 @@ def test_transforms_see_step_and_global_rows():
     stream = TrainingStream(_rows(), batch_size=2, world_size=2, rank=1, num_steps=2, transforms=[mark])
     _collect(stream)
     assert seen == [(0, [2, 3]), (1, [2, 3])]
+
+
+def test_hub_corpus_from_a_local_datasets_folder_streams_into_training(tmp_path, saved_models, compose_train):
+    """corpus=hub reads any `datasets` dataset (here a local save_to_disk folder, offline) through the
+    streaming training stream."""
+    import datasets
+
+    from kdyn.train import train
+    from tests.conftest import FAST_TRAINER
+
+    texts = [f"Record {i} says that the river number {i % 9} flows north past {i * 3} mills." for i in range(200)]
+    datasets.Dataset.from_dict({"body": texts}).save_to_disk(str(tmp_path / "ds"))
+    docs = corpora.load_documents({"name": "hub", "dataset": str(tmp_path / "ds"), "split": "train",
+                                   "text_field": "body"})
+    assert docs == texts
+    with pytest.raises(KdynError, match="no 'text' field"):
+        corpora.load_documents({"name": "hub", "dataset": str(tmp_path / "ds"), "split": "train"})
+    cfg = compose_train("model=local", f"model.path={saved_models['gpt_neox']}", "corpus=hub",
+                        f"corpus.dataset={tmp_path / 'ds'}", "corpus.text_field=body", "trainer.max_steps=2",
+                        "data.seq_len=32", "data.batch_size=4", *FAST_TRAINER)
+    results = train(cfg)
+    assert results["steps"] == 2 and results["tokens_seen"] == 2 * 4 * 32
