@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import QUICK_TINY, REPO
+from tests.conftest import QUICK_TINY
 
 
 def _kdyn(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:

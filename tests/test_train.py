@@ -14,7 +14,7 @@ import torch
 
 from kdyn.errors import KdynError
 from kdyn.train import train
-from tests.conftest import ARCHS, FAST_TRAINER, QUICK_TINY, REPO
+from tests.conftest import ARCHS, FAST_TRAINER, QUICK_TINY
 
 
 def _metrics(run: Path) -> list[dict]:

@@ -9,7 +9,6 @@ resuscitation).
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from pathlib import Path

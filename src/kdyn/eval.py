@@ -6,7 +6,6 @@ or 0 when unknown) and ``results.json`` with the mean target NLL per scenario an
 
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from collections import defaultdict

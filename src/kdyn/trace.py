@@ -173,7 +173,7 @@ def _print(record: dict[str, Any], out: Path) -> None:
     lines = [f"kdyn-trace: {out}",
              f"  model        {model['name']}{step}",
              f"  layers       {len(record['layers'])} ({record['granularity']}), norm {record['norm']}",
-             f"  r = g_span / g_lm per layer:",
+             "  r = g_span / g_lm per layer:",
              f"    {'set':<{name_w}} " + "".join(f"{s:>{width}}" for s in short) + "    n  above mean"]
     for name, entry in record["sets"].items():
         try:

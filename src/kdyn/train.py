@@ -16,7 +16,7 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from kdyn.config import CONF_DIR, chosen_groups, to_plain
 from kdyn.errors import KdynError

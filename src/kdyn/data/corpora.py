@@ -62,7 +62,7 @@ def describe(corpus: Mapping[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------------- synthetic
 def _synthetic_documents(corpus: Mapping[str, Any]) -> Iterator[str]:
-    from kdyn.data.world import SyntheticWorld, WorldConfig
+    from kdyn.data.world import SyntheticWorld
 
     world = SyntheticWorld(world_config(corpus))
     yield from world.base_documents()
