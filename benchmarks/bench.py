@@ -6,9 +6,9 @@
     python benchmarks/bench.py --tiny-only        # skip the Pythia-160m-sized cases of the new sections
 
 Sections: entropy, probes (measurement costs), overhead (kdyn-train vs a hand-written PyTorch loop),
-callbacks (the cost of each default callback), freeze (half the layers frozen), growth (step time and
-peak memory vs width, depth and sequence length, each case in its own process), gpu (tokens/s and
-MFU in bf16; skipped without CUDA). Environment: KDYN_BENCH_THREADS (torch threads),
+callbacks (the cost of each default callback), freeze (half the layers frozen), trace (kdyn-trace per
+diagnostic example), growth (step time and peak memory vs width, depth and sequence length, each case
+in its own process), gpu (tokens/s and MFU in bf16; skipped without CUDA). Environment: KDYN_BENCH_THREADS (torch threads),
 KDYN_PEAK_FLOPS (the GPU's peak bf16 FLOP/s when it is not in bench_gpu's table),
 KDYN_BENCH_DEVICE=gpu (run the growth section on the GPU).
 
@@ -78,6 +78,13 @@ def _callbacks(args):
 @section("freeze")
 def _freeze(args):
     from bench_freeze import run
+
+    return run(quick=args.quick, tiny_only=args.tiny_only)
+
+
+@section("trace")
+def _trace(args):
+    from bench_trace import run
 
     return run(quick=args.quick, tiny_only=args.tiny_only)
 

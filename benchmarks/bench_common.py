@@ -263,9 +263,10 @@ def optimizer_state_bytes(optimizer) -> int:
     return total
 
 
-def run_kdyn(overrides: list[str], out: Path, sync_cuda: bool = False, quiet: bool = True):
+def run_kdyn(overrides: list[str], out: Path, sync_cuda: bool = False, quiet: bool = True, extra: list | None = None):
     """One real kdyn-train run (Python API, the composed ``train`` config plus ``overrides``, nothing
-    else added); returns its `StepClock` and results. The run's summary table is not printed."""
+    else added but the ``extra`` callbacks); returns its `StepClock` and results. The run's summary
+    table is not printed."""
     import contextlib
     import io
 
@@ -280,7 +281,7 @@ def run_kdyn(overrides: list[str], out: Path, sync_cuda: bool = False, quiet: bo
     clock = StepClock(sync_cuda=sync_cuda)
     sink = io.StringIO()
     with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
-        results = train(cfg, extra_callbacks=[clock])
+        results = train(cfg, extra_callbacks=[*(extra or []), clock])
     return clock, results
 
 
