@@ -39,7 +39,7 @@ class Row:
         return f"{self.case:<34} {self.metric:<44} {value:>10} {self.unit:<8}{target}{status}  {self.note}"
 
     @staticmethod
-    def markdown(rows: list["Row"]) -> str:
+    def markdown(rows: list[Row]) -> str:
         lines = ["| section | case | metric | value | target | met | note |", "|---|---|---|---|---|---|---|"]
         for r in rows:
             value = f"{r.value:.4g}" if isinstance(r.value, float) else str(r.value)

@@ -11,9 +11,19 @@ from __future__ import annotations
 
 import torch
 
-from bench_common import (BARE, PYTHIA_160M, TINY_SIZES, Row, alternate, local_model_overrides, median, run_kdyn,
-                          shared_model, shared_tokenizer, workdir)
-
+from bench_common import (
+    BARE,
+    PYTHIA_160M,
+    TINY_SIZES,
+    Row,
+    alternate,
+    local_model_overrides,
+    median,
+    run_kdyn,
+    shared_model,
+    shared_tokenizer,
+    workdir,
+)
 from kdyn.callbacks.entropy import EntropyLogger
 
 
@@ -40,11 +50,12 @@ class AlternatingEntropyLogger(EntropyLogger):
 
 
 def run(quick: bool = False) -> list[Row]:
+    from transformers import AutoModelForCausalLM
+
     from kdyn.data.corpora import load_documents
     from kdyn.data.sequences import packed_batches
     from kdyn.metrics.recorder import measure
     from kdyn.models.ffn import locate_ffn
-    from transformers import AutoModelForCausalLM
 
     root = workdir()
     tokenizer = shared_tokenizer()

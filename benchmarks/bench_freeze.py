@@ -12,8 +12,18 @@ token are saved: no weight gradients), and it has no optimizer update.
 
 from __future__ import annotations
 
-from bench_common import (BARE, PYTHIA_160M, TINY_SIZES, Row, fmt_bytes, local_model_overrides, run_kdyn,
-                          shared_model, temp_dir, train_flops)
+from bench_common import (
+    BARE,
+    PYTHIA_160M,
+    TINY_SIZES,
+    Row,
+    fmt_bytes,
+    local_model_overrides,
+    run_kdyn,
+    shared_model,
+    temp_dir,
+    train_flops,
+)
 
 
 def run(quick: bool = False, tiny_only: bool = False) -> list[Row]:

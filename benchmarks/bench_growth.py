@@ -27,8 +27,9 @@ expected growth:
 The note says "as expected" when the step-time ratio is within ×0.8–1.25 of the FLOP ratio, and
 when the memory added over the series' base case is within 25% (or 16 MB) of the estimated
 addition (fixed costs — data, allocator, library buffers — are not in the estimate and cancel in
-the difference). The longest sequence also runs with ``model.attn_implementation=sdpa`` (kdyn
-loads models with eager attention by default), to show what the T×T matrices cost.
+the difference). kdyn loads models with ``sdpa`` attention by default (no T×T score matrix is kept);
+the longest sequence also runs with ``model.attn_implementation=eager``, to show what those matrices
+cost.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench_common import Row
 
 MARK = "GROWTH_RESULT "
 
@@ -70,7 +75,7 @@ def _verdict(measured: float, expected: float, what: str, fixed: str) -> str:
     return f"grows slower than {what} ({fixed} weigh on the smaller case)"
 
 
-def run(quick: bool = False, tiny_only: bool = False) -> list["Row"]:
+def run(quick: bool = False, tiny_only: bool = False) -> list[Row]:
     from bench_common import Row, bench_threads, shared_model, temp_dir, train_flops
 
     sizes = _sizes()
@@ -86,15 +91,15 @@ def run(quick: bool = False, tiny_only: bool = False) -> list["Row"]:
     for seq_len in (128, 256, 512, 1024):
         cases.append(("sequence length", f"tiny, seq_len {seq_len}", "tiny", seq_tokens // seq_len, seq_len,
                       8 if quick else 24, 2, ()))
-    # kdyn loads models with eager attention (T×T score matrices); the same longest case with sdpa
-    cases.append(("sequence length", "tiny, seq_len 1024, sdpa attention", "tiny", seq_tokens // 1024, 1024,
-                  8 if quick else 24, 2, ("model.attn_implementation=sdpa",)))
+    # kdyn loads models with sdpa attention; the same longest case with eager attention (T×T scores)
+    cases.append(("sequence length", "tiny, seq_len 1024, eager attention", "tiny", seq_tokens // 1024, 1024,
+                  8 if quick else 24, 2, ("model.attn_implementation=eager",)))
     repeats = 1 if quick else 2
     device = os.environ.get("KDYN_BENCH_DEVICE", "cpu")
     out = temp_dir("kdyn-bench-growth-")
     results: dict[str, list[dict]] = {c[1]: [] for c in cases}
     for repeat in range(repeats):
-        for series, label, name, batch_size, seq_len, steps, skip, extra in cases:
+        for _series, label, name, batch_size, seq_len, steps, skip, extra in cases:
             spec = {"folder": str(models[name].folder), "batch_size": batch_size, "seq_len": seq_len, "steps": steps,
                     "skip": skip, "threads": bench_threads(), "device": device, "extra": list(extra),
                     "out": str(out / f"{label.replace(' ', '_').replace(',', '')}-{repeat}")}
@@ -102,12 +107,12 @@ def run(quick: bool = False, tiny_only: bool = False) -> list["Row"]:
 
     rows: list[Row] = []
     base: dict[str, tuple] = {}
-    for series, label, name, batch_size, seq_len, steps, skip, extra in cases:
+    for series, label, name, batch_size, seq_len, _steps, _skip, extra in cases:
         shape = models[name].extra
         step = min(r["step_s"] for r in results[label])
         peak = statistics.median(r["peak_bytes"] for r in results[label])
         flops = train_flops(shape, batch_size, seq_len)
-        memory = memory_estimate(shape, sizes[name], batch_size, seq_len, eager=not extra)
+        memory = memory_estimate(shape, sizes[name], batch_size, seq_len, eager="model.attn_implementation=eager" in extra)
         case = (f"{label} ({models[name].parameters / 1e6:.1f}M params), {batch_size}×{seq_len}"
                 if series == "model size" else f"{label}, batch {batch_size}")
         if series not in base:
@@ -151,16 +156,16 @@ def _child(spec: dict) -> dict:
 def child_main(spec: dict) -> None:
     """One case: a kdyn-train run in this fresh process; prints its step time and peak memory."""
     import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     import kdyn.train  # noqa: F401 - every import the run needs, before the baseline
     from bench_common import BARE, BenchModel, local_model_overrides, run_kdyn
-    from kdyn.config import compose_config  # noqa: F401
-    from kdyn.module import CausalLMModule  # noqa: F401
     from kdyn.callbacks.summary import RunSummary  # noqa: F401
+    from kdyn.config import compose_config  # noqa: F401
     from kdyn.data.datamodule import CorpusDataModule  # noqa: F401
     from kdyn.models.loading import load_model  # noqa: F401
+    from kdyn.module import CausalLMModule  # noqa: F401
     from kdyn.run import build_trainer  # noqa: F401
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     AutoModelForCausalLM._model_mapping[type(AutoConfig.from_pretrained(spec["folder"]))]  # imports the model's module
     torch.set_num_threads(int(spec["threads"]))

@@ -30,8 +30,17 @@ from pathlib import Path
 
 import torch
 
-from bench_common import (BARE, PYTHIA_160M, TINY_SIZES, Row, StepClock, local_model_overrides, run_kdyn,
-                          shared_model, temp_dir)
+from bench_common import (
+    BARE,
+    PYTHIA_160M,
+    TINY_SIZES,
+    Row,
+    StepClock,
+    local_model_overrides,
+    run_kdyn,
+    shared_model,
+    temp_dir,
+)
 
 # Optimizer and schedule used by both variants of the overhead comparison.
 OPTIM = dict(lr=3e-4, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, warmup_steps=3, min_lr_ratio=0.1)

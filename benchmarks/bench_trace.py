@@ -15,6 +15,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+
 from bench_common import PYTHIA_160M, TINY_SIZES, Row, shared_model, temp_dir
 
 

@@ -129,7 +129,6 @@ def _ddp_worker(rank: int, world: int, init_file: str, model_dir: str, out_file:
 
 def test_two_process_ddp_equals_one_process(saved_models, tiny_models, tokenizer, tmp_path):
     import torch.multiprocessing as mp
-
     from transformers import AutoModelForCausalLM
 
     model_dir = str(saved_models["llama"])
@@ -211,9 +210,9 @@ def test_callback_logs_entropy_of_the_training_batches_since_the_last_log(accumu
     over exactly the micro-batches served since the previous log."""
     from transformers import AutoModelForCausalLM
 
+    from kdyn.data.corpora import load_documents
     from kdyn.data.datamodule import TrainingStream
     from kdyn.data.packing import pack_rows
-    from kdyn.data.corpora import load_documents
     from kdyn.train import train
 
     cfg = compose_train("model=local", f"model.path={saved_models['gpt_neox']}", "corpus=text",

@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from kdyn.data.knowledge import (SCENARIOS, KnowledgeItem, assign_scenarios, injected_text,
-                                 injected_version, knowledge_records, load_fictional_knowledge)
+from kdyn.data.knowledge import (
+    SCENARIOS,
+    KnowledgeItem,
+    assign_scenarios,
+    injected_text,
+    injected_version,
+    knowledge_records,
+    load_fictional_knowledge,
+)
 from kdyn.data.world import validate_fictional_schema
 from kdyn.errors import KdynError
 from tests.conftest import shared_data

@@ -8,8 +8,13 @@ import random
 import pytest
 
 from kdyn.errors import KdynError
-from kdyn.interventions.layer_selection import (alr_multipliers, combine_sets, load_layer_stats, select_layers,
-                                                validate_layer_stats)
+from kdyn.interventions.layer_selection import (
+    alr_multipliers,
+    combine_sets,
+    load_layer_stats,
+    select_layers,
+    validate_layer_stats,
+)
 
 LAYERS = [f"layer_{i}" for i in range(6)]
 R_NEW = [0.5, 2.0, 1.5, 0.25, 1.25, 3.0]  # mean 1.4167

@@ -10,8 +10,15 @@ import torch
 
 from kdyn.data import probes as P
 from kdyn.data.knowledge import assign_scenarios, knowledge_records
-from kdyn.data.probes import (PROBE_TYPES, Probe, build_probes, make_batches, padding_efficiency,
-                              score_batches, tokenize_probes)
+from kdyn.data.probes import (
+    PROBE_TYPES,
+    Probe,
+    build_probes,
+    make_batches,
+    padding_efficiency,
+    score_batches,
+    tokenize_probes,
+)
 from kdyn.errors import KdynError
 from tests.conftest import ARCHS, shared_data
 

@@ -13,10 +13,17 @@ import numpy as np
 import pytest
 
 from kdyn.errors import KdynError
-from kdyn.metrics.retention import (acquisition_forgetting, chang_injection_plan, effectivity,
-                                    fit_power_law_retention, iqr_filter, iqr_mean,
-                                    local_acquisition_max, retainability, summarize_probe_metrics)
-
+from kdyn.metrics.retention import (
+    acquisition_forgetting,
+    chang_injection_plan,
+    effectivity,
+    fit_power_law_retention,
+    iqr_filter,
+    iqr_mean,
+    local_acquisition_max,
+    retainability,
+    summarize_probe_metrics,
+)
 
 # ------------------------------------------------------------------------------------------------
 # Reference implementations (plain Python loops over (step, value) pairs, windows in steps)

@@ -12,9 +12,19 @@ import pytest
 import torch
 
 from kdyn.data.probes import make_batches, score_batches, tokenize_probes
-from kdyn.data.temporalwiki import (GENERIC_TEMPLATE, PERIODS, TWIKI_TEMPLATES, Period, load_twiki_periods,
-                                    period_probes, perplexities, score_probes, synthetic_periods,
-                                    training_documents, verbalize_twiki)
+from kdyn.data.temporalwiki import (
+    GENERIC_TEMPLATE,
+    PERIODS,
+    TWIKI_TEMPLATES,
+    Period,
+    load_twiki_periods,
+    period_probes,
+    perplexities,
+    score_probes,
+    synthetic_periods,
+    training_documents,
+    verbalize_twiki,
+)
 from kdyn.data.world import Fact, SyntheticWorld, WorldConfig, verbalize, write_twiki_csv
 from kdyn.errors import KdynError
 from tests.conftest import shared_data

@@ -12,9 +12,22 @@ from pathlib import Path
 import pytest
 
 from kdyn.data import world_templates as T
-from kdyn.data.world import (FICTIONAL_EXTRA_KEYS, FICTIONAL_KEYS, PERSON, TWIKI_COLUMNS, Fact,
-                             SyntheticWorld, WorldConfig, facts_to_rows, n_templates, probe,
-                             read_twiki_csv, validate_fictional_schema, verbalize, write_twiki_csv)
+from kdyn.data.world import (
+    FICTIONAL_EXTRA_KEYS,
+    FICTIONAL_KEYS,
+    PERSON,
+    TWIKI_COLUMNS,
+    Fact,
+    SyntheticWorld,
+    WorldConfig,
+    facts_to_rows,
+    n_templates,
+    probe,
+    read_twiki_csv,
+    validate_fictional_schema,
+    verbalize,
+    write_twiki_csv,
+)
 from kdyn.errors import KdynError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

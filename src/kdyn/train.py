@@ -35,8 +35,15 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     from kdyn.data.datamodule import CorpusDataModule
     from kdyn.models.loading import load_model
     from kdyn.module import CausalLMModule
-    from kdyn.run import (build_callbacks, build_loggers, build_trainer, finish_loggers, print_summary, record_config,
-                          resume_path)
+    from kdyn.run import (
+        build_callbacks,
+        build_loggers,
+        build_trainer,
+        finish_loggers,
+        print_summary,
+        record_config,
+        resume_path,
+    )
 
     state = state or RunStarted()
     started = time.time()

@@ -62,7 +62,7 @@ def annealed_factor(factor: float, step: int, max_steps: int) -> float:
 class _RawRecorder(CoefficientRecorder):
     """A recorder whose hooks run before every hook already on the module (the raw coefficients)."""
 
-    def attach(self) -> "_RawRecorder":
+    def attach(self) -> _RawRecorder:
         if not self._handles:
             self._handles = [layer.down_proj.register_forward_pre_hook(self._hook(layer.index), prepend=True)
                              for layer in self.ffn.layers]
@@ -122,7 +122,7 @@ class RescaleCoefficients(pl.Callback):
         return annealed_factor(self.factor, step, self.max_steps) if self.anneal else self.factor
 
     # ------------------------------------------------------------------------------ hooks
-    def attach(self) -> "RescaleCoefficients":
+    def attach(self) -> RescaleCoefficients:
         """Register the scaling pre-hooks (prepended: every other hook sees the scaled coefficients)."""
         if not self._handles:
             self._handles = [layer.down_proj.register_forward_pre_hook(self._hook(layer.index), prepend=True)

@@ -21,9 +21,10 @@ import csv
 import random
 import re
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from kdyn.data import world_templates as T
 from kdyn.errors import KdynError

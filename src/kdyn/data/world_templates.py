@@ -11,7 +11,7 @@ Template rules (checked by the tests):
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 # ---------------------------------------------------------------- relation labels (Wikidata style)
 DATE_OF_BIRTH = "date of birth"
@@ -301,7 +301,7 @@ INDUSTRIES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
 COLLEGE_INDUSTRY = "education"
 
 
-@lru_cache(maxsize=None)
+@cache
 def reserved_words() -> frozenset[str]:
     """Lower-cased words of templates and word lists: no invented name may be one of them."""
     words: set[str] = set()

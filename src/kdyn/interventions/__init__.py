@@ -15,10 +15,10 @@ Interventions never look up architecture names themselves: `kdyn.models.ffn` doe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning.pytorch as pl
 from torch import nn

@@ -37,8 +37,13 @@ import torch
 
 from kdyn.errors import KdynError
 from kdyn.interventions import Intervention, InterventionContext, register
-from kdyn.interventions.measurement import (coefficient_table, entropy_record, measure_table, measurement_batches,
-                                            select_slots)
+from kdyn.interventions.measurement import (
+    coefficient_table,
+    entropy_record,
+    measure_table,
+    measurement_batches,
+    select_slots,
+)
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ class CoefficientRecorder:
         self._pending_sum = self._pending_tokens = None
 
     # --------------------------------------------------------------------------------- lifecycle
-    def attach(self) -> "CoefficientRecorder":
+    def attach(self) -> CoefficientRecorder:
         if not self._handles:
             self._handles = [layer.down_proj.register_forward_pre_hook(self._hook(layer.index))
                              for layer in self.ffn.layers]
@@ -66,7 +66,7 @@ class CoefficientRecorder:
     def attached(self) -> bool:
         return bool(self._handles)
 
-    def __enter__(self) -> "CoefficientRecorder":
+    def __enter__(self) -> CoefficientRecorder:
         return self.attach()
 
     def __exit__(self, *exc) -> None:

@@ -66,12 +66,13 @@ import bisect
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from kdyn.errors import KdynError
 
@@ -223,7 +224,7 @@ def _read_data_lines(filename: str) -> list[tuple[int, str]]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_branch_table(filename: str) -> Mapping[int, str]:
     """Read a step->branch table (``step<N>-tokens<T>B`` per line) shipped in ``kdyn/models/branches/``.
 
@@ -249,7 +250,7 @@ def load_branch_table(filename: str) -> Mapping[int, str]:
     return MappingProxyType(table)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_step_list(filename: str) -> tuple[int, ...]:
     """Read a list of training steps (one integer per line) shipped in ``kdyn/models/branches/``."""
     steps = []

@@ -22,8 +22,9 @@ prefix keeps them out. For an unknown architecture, ``model.ffn.down_proj=<suffi
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
