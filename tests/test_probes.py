@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
+import random
 
 import pytest
 import torch
@@ -195,3 +197,43 @@ def test_scoring_runs_in_eval_mode_and_restores_the_mode(tiny_models, tokenizer,
     finally:
         handle.remove()
         model.eval()
+
+
+def _partition_cost(lengths, cuts, overhead):
+    return sum((b - a) * lengths[b - 1] + overhead for a, b in cuts)
+
+
+def test_optimal_cuts_match_a_brute_force_search() -> None:
+    rng = random.Random(0)
+    for trial in range(60):
+        n = rng.randint(1, 9)
+        lengths = sorted(rng.randint(1, 40) for _ in range(n))
+        budget = rng.choice([1, 30, 60, 120, 400])
+        overhead = rng.choice([0, 5, 50])
+        best = None
+        for mask in itertools.product([False, True], repeat=n - 1):  # every set of cut points
+            bounds = [0] + [i + 1 for i, cut in enumerate(mask) if cut] + [n]
+            cuts = list(zip(bounds, bounds[1:]))
+            if all(b - a == 1 or (b - a) * lengths[b - 1] <= budget for a, b in cuts):
+                cost = _partition_cost(lengths, cuts, overhead)
+                best = cost if best is None else min(best, cost)
+        cuts = P.optimal_cuts(lengths, budget, overhead)
+        assert [a for a, _ in cuts] == [0] + [b for _, b in cuts[:-1]] and cuts[-1][1] == n  # a partition
+        assert all(b - a == 1 or (b - a) * lengths[b - 1] <= budget for a, b in cuts)
+        assert _partition_cost(lengths, cuts, overhead) == best, (trial, lengths, budget, overhead)
+
+
+def test_batching_pads_less_than_greedy_filling(real_items, tokenizer) -> None:
+    probes = build_probes(real_items[:60])
+    tokenized = tokenize_probes(probes, tokenizer)
+    lengths = sorted(len(ids) for ids, _ in tokenized)
+    greedy: list[list[int]] = []  # fill each batch while the budget allows (the obvious alternative)
+    for length in lengths:
+        if greedy and (len(greedy[-1]) + 1) * length <= 4096:
+            greedy[-1].append(length)
+        else:
+            greedy.append([length])
+    greedy_cost = sum(len(g) * g[-1] + P.BATCH_OVERHEAD_TOKENS for g in greedy)
+    batches = make_batches(tokenized, probes, 4096, pad_id=tokenizer.pad_token_id)
+    cost = sum(b.input_ids.numel() + P.BATCH_OVERHEAD_TOKENS for b in batches)
+    assert cost <= greedy_cost

@@ -39,7 +39,8 @@ def evaluate(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]
     tokenizer = loaded.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches = make_batches(tokenize_probes(probes, tokenizer, max_len=limit), probes,
-                           batch_tokens=int(settings["batch_tokens"]), pad_id=pad)
+                           batch_tokens=int(settings["batch_tokens"]), pad_id=pad,
+                           batch_overhead_tokens=int(settings.get("batch_overhead_tokens", 32)))
     device = torch.device("cuda" if settings.get("device", "auto") == "auto" and torch.cuda.is_available()
                           else ("cpu" if settings.get("device", "auto") == "auto" else settings["device"]))
 

@@ -29,13 +29,15 @@ COLUMNS = ["step", "after_period", "probe_period", "scenario", "n", "ppl_full", 
 
 
 class PeriodEvaluator(pl.Callback):
-    def __init__(self, dirpath: str, batch_tokens: int = 8192, evaluate: str = "current", max_len: int | None = None):
+    def __init__(self, dirpath: str, batch_tokens: int = 8192, evaluate: str = "current", max_len: int | None = None,
+                 batch_overhead_tokens: int = 32):
         from kdyn.errors import KdynError
 
         if evaluate not in ("current", "all"):
             raise KdynError(f"callbacks.periods.evaluate must be current or all, got {evaluate!r}")
         self.path = Path(dirpath) / TABLE
         self.batch_tokens, self.evaluate, self.max_len = int(batch_tokens), evaluate, max_len
+        self.batch_overhead_tokens = int(batch_overhead_tokens)
         self.active = False
         self.boundaries: dict[int, str] = {}
         self.period_names: list[str] = []
@@ -61,7 +63,8 @@ class PeriodEvaluator(pl.Callback):
         for period in load_periods(corpus):
             probes = period_probes(period)
             tokenized = tokenize_probes(probes, tokenizer, max_len=self.max_len)
-            batches = make_batches(tokenized, probes, batch_tokens=self.batch_tokens, pad_id=pad)
+            batches = make_batches(tokenized, probes, batch_tokens=self.batch_tokens, pad_id=pad,
+                                   batch_overhead_tokens=self.batch_overhead_tokens)
             n_predicted = torch.zeros(len(probes), dtype=torch.long)
             for probe, (ids, _) in zip(probes, tokenized):
                 n_predicted[probe.index] = len(ids) - 1

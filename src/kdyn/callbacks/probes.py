@@ -31,7 +31,7 @@ TABLE = "probes.csv"
 class ProbeScorer(pl.Callback):
     def __init__(self, source: Mapping[str, Any], scenarios: Mapping[str, int], num_events: int, dirpath: str,
                  every_n_steps: int = 1, batch_tokens: int = 8192, types: Sequence[str] = ("mem", "gen", "hard_gen"),
-                 include_paragraph: bool = False, max_len: int | None = None):
+                 include_paragraph: bool = False, max_len: int | None = None, batch_overhead_tokens: int = 32):
         from kdyn.errors import KdynError
 
         if int(every_n_steps) < 1:
@@ -41,6 +41,7 @@ class ProbeScorer(pl.Callback):
         self.every_n_steps = int(every_n_steps)
         self.batch_tokens, self.types = int(batch_tokens), tuple(types)
         self.include_paragraph, self.max_len = include_paragraph, max_len
+        self.batch_overhead_tokens = int(batch_overhead_tokens)
         self.probes: list = []
         self.batches: list = []
         self._last_step = -1
@@ -56,7 +57,8 @@ class ProbeScorer(pl.Callback):
         tokenizer = pl_module.tokenizer
         tokenized = tokenize_probes(self.probes, tokenizer, max_len=self.max_len)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.batches = make_batches(tokenized, self.probes, batch_tokens=self.batch_tokens, pad_id=pad)
+        self.batches = make_batches(tokenized, self.probes, batch_tokens=self.batch_tokens, pad_id=pad,
+                                    batch_overhead_tokens=self.batch_overhead_tokens)
         log.info("scoring %d probes of %d items every %d steps (%d batches, %.0f%% padding efficiency)",
                  len(self.probes), len(items), self.every_n_steps, len(self.batches),
                  100 * padding_efficiency(self.batches))

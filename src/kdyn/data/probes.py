@@ -13,6 +13,7 @@ Pipeline: `build_probes` → `tokenize_probes` → `make_batches` (length-bucket
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -147,23 +148,60 @@ class ProbeBatch:
     probe_index: torch.Tensor     # long [B]: Probe.index of each row
 
 
+# The cost of one more forward call, counted in padded tokens: `make_batches` trades fewer, wider
+# batches against less padding with it. On CPU small batches are as fast per token as big ones (they
+# stay in cache), so the default is small; on a GPU, where each call has a fixed launch cost, raise it
+# (e.g. 1024). benchmarks/bench_probes.py compares it with greedy filling.
+BATCH_OVERHEAD_TOKENS = 32
+
+
 def make_batches(tokenized: Sequence[tuple[list[int], int]], probes: Sequence[Probe],
-                 batch_tokens: int = 8192, *, pad_id: int) -> list[ProbeBatch]:
-    """Length-bucketed batches: probes sorted by length, each batch filled while B × max length
-    <= ``batch_tokens`` (a probe longer than that gets a batch of its own)."""
+                 batch_tokens: int = 8192, *, pad_id: int,
+                 batch_overhead_tokens: int = BATCH_OVERHEAD_TOKENS) -> list[ProbeBatch]:
+    """Length-bucketed batches: probes sorted by length and cut into consecutive batches of at most
+    ``batch_tokens`` padded tokens (B × max length; a probe longer than that gets a batch of its own).
+
+    The cut is optimal, not greedy: it minimises the computed (padded) tokens plus
+    ``batch_overhead_tokens`` per batch over every partition of the sorted probes (`optimal_cuts`),
+    so a short probe never pads up to a much longer one just because the budget had room.
+    """
     if len(tokenized) != len(probes):
         raise KdynError(f"{len(tokenized)} tokenised probes for {len(probes)} probes; pass the output of "
                         f"tokenize_probes(probes, ...) with the same probes")
     if batch_tokens < 1:
         raise KdynError(f"batch_tokens must be >= 1, got {batch_tokens}")
+    if batch_overhead_tokens < 0:
+        raise KdynError(f"batch_overhead_tokens must be >= 0, got {batch_overhead_tokens}")
     order = sorted(range(len(probes)), key=lambda i: len(tokenized[i][0]))
-    groups: list[list[int]] = []
-    for i in order:  # ascending lengths: the newest probe sets the batch width
-        if groups and (len(groups[-1]) + 1) * len(tokenized[i][0]) <= batch_tokens:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return [_collate([tokenized[i] for i in g], [probes[i].index for i in g], pad_id) for g in groups]
+    lengths = [len(tokenized[i][0]) for i in order]
+    return [_collate([tokenized[i] for i in order[a:b]], [probes[i].index for i in order[a:b]], pad_id)
+            for a, b in optimal_cuts(lengths, batch_tokens, batch_overhead_tokens)]
+
+
+def optimal_cuts(lengths: Sequence[int], batch_tokens: int, overhead: float = BATCH_OVERHEAD_TOKENS,
+                 ) -> list[tuple[int, int]]:
+    """``[(start, end), …]`` slices of ascending ``lengths`` minimising Σ (size × last length + overhead)
+    with size × last length <= ``batch_tokens`` (or size 1). Dynamic programming over the cut points;
+    ties go to fewer batches."""
+    if any(a > b for a, b in zip(lengths, lengths[1:])):
+        raise ValueError("optimal_cuts needs ascending lengths")
+    n = len(lengths)
+    best = [0.0] + [math.inf] * n
+    start = [0] * (n + 1)
+    for end in range(1, n + 1):
+        width = lengths[end - 1]
+        for begin in range(end - 1, -1, -1):
+            size = end - begin
+            if size > 1 and size * width > batch_tokens:
+                break
+            cost = best[begin] + size * width + overhead
+            if cost <= best[end]:
+                best[end], start[end] = cost, begin
+    cuts, end = [], n
+    while end > 0:
+        cuts.append((start[end], end))
+        end = start[end]
+    return cuts[::-1]
 
 
 def _collate(rows: list[tuple[list[int], int]], index: list[int], pad_id: int) -> ProbeBatch:
