@@ -277,6 +277,63 @@ def test_branch_for_step():
     assert branch_for_step(refs, 2000) is None
 
 
+class _Refs:
+    def __init__(self, names):
+        self.branches = [type("Ref", (), {"name": n})() for n in names]
+
+
+@pytest.fixture
+def hub_branches(monkeypatch):
+    """Pretend the hub is reachable and lists the given branches (no network in tests)."""
+    import huggingface_hub
+
+    from kdyn.models import checkpoints
+
+    calls = []
+
+    def install(names=None, error=None):
+        def list_repo_refs(repo, **kwargs):
+            calls.append(repo)
+            if error is not None:
+                raise error
+            return _Refs(names)
+
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(huggingface_hub, "list_repo_refs", list_repo_refs)
+        checkpoints._repo_branches.cache_clear()
+        return calls
+
+    yield install
+    checkpoints._repo_branches.cache_clear()
+
+
+def test_official_olmo_step_missing_from_the_table_is_looked_up_on_the_hub(hub_branches):
+    calls = hub_branches(["main", "step20000-tokens84B", "step30000-tokens126B", "step30000-foo"])
+    base = OmegaConf.to_container(load("olmo-1b"))
+    ref = resolve_checkpoint({**base, "step": 30000})
+    assert (ref.location, ref.revision, ref.step) == ("allenai/OLMo-1B-hf", "step30000-tokens126B", 30000)
+    resolve_checkpoint({**base, "step": 30000})
+    assert calls == ["allenai/OLMo-1B-hf"]  # listed once per process
+    with pytest.raises(KdynError, match="no checkpoint at step 30001"):  # not official: never looked up
+        resolve_checkpoint({**base, "step": 30001})
+
+
+def test_hub_lookup_failures_and_offline_say_why(hub_branches, monkeypatch):
+    base = {**OmegaConf.to_container(load("olmo-1b")), "step": 30000}
+    hub_branches(error=OSError("connection refused"))
+    with pytest.raises(KdynError, match="listing the branches of allenai/OLMo-1B-hf failed.*connection refused"):
+        resolve_checkpoint(base)
+    hub_branches(["main", "step20000-tokens84B"])
+    with pytest.raises(KdynError, match="has no branch step30000"):
+        resolve_checkpoint(base)
+    calls = hub_branches(["step30000-tokens126B"])
+    before = len(calls)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(KdynError, match="HF_HUB_OFFLINE is set") as e:
+        resolve_checkpoint(base)
+    assert len(calls) == before and "model.revision" in message(e)  # offline: the hub is never asked
+
+
 # ---------------------------------------------------------------- GPT-2, hub
 
 

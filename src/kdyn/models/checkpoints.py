@@ -3,8 +3,9 @@
 Researchers pick a checkpoint with two Hydra overrides, ``model=<name>`` (a file in ``conf/model/``)
 and ``model.step=<N>`` (a training step). :func:`resolve_checkpoint` checks the pair against what is
 known to exist and returns a :class:`CheckpointRef` (repo id or local folder, branch, step). It is
-pure: no network, no downloads; the only I/O is reading kdyn's own package data and, for
-``model=local``, looking at the folder. Anything invalid raises :class:`kdyn.errors.KdynError` with
+pure: no downloads; the only I/O is reading kdyn's own package data, for ``model=local`` looking
+at the folder, and, for an official OLMo-1B step missing from kdyn's table, one request for the
+repo's branch list when the hub is reachable (see below). Anything invalid raises :class:`kdyn.errors.KdynError` with
 one message that says what is wrong and how to fix it, so a bad step fails in milliseconds instead of
 after (or halfway through) a multi-gigabyte download.
 
@@ -36,7 +37,10 @@ Families (``model.family``)
       but are available in allenai/OLMo-7B". kdyn knows only ``main`` = step 557000 (Ai2, in
       https://huggingface.co/allenai/OLMo-7B/discussions/15).
 
-    A step the table lacks fails with the nearest known steps (the one below and the one above).
+    A step the table lacks fails with the nearest known steps (the one below and the one above) —
+    except an official OLMo-1B step: unless ``HF_HUB_OFFLINE`` is set, kdyn then lists the repo's
+    branches once (``huggingface_hub.list_repo_refs``, cached per process) and uses the branch named
+    ``step<N>-tokens<T>B``; offline, or if the listing fails, the error says so and how to proceed.
 ``gpt2``
     ``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl`` -> ``openai-community/gpt2`` etc. (the
     canonical ids since 2024; the legacy ids ``gpt2``, ``gpt2-medium``, ... redirect to them). OpenAI
@@ -86,6 +90,7 @@ __all__ = [
     "PYTHIA_STEPS",
     "CheckpointRef",
     "branch_for_step",
+    "lookup_branch",
     "load_branch_table",
     "load_step_list",
     "nearest_steps",
@@ -274,6 +279,37 @@ def branch_for_step(branches: Iterable[str], step: int) -> str | None:
         if m is not None and int(m.group(1)) == step:
             return name
     return None
+
+
+def lookup_branch(repo: str, step: int) -> tuple[str | None, str]:
+    """``(branch, "")`` for ``step`` from the live branch list of ``repo``, or ``(None, why not)``.
+
+    Never called with ``HF_HUB_OFFLINE`` set; the listing is fetched once per repo and process.
+    """
+    if _hub_offline():
+        return None, "HF_HUB_OFFLINE is set, so kdyn did not look its branches up on the hub"
+    try:
+        branches = _repo_branches(repo)
+    except Exception as exc:  # network, auth, a missing huggingface_hub: report, never crash here
+        return None, f"listing the branches of {repo} failed ({type(exc).__name__}: {exc})"
+    branch = branch_for_step(branches, step)
+    if branch is None:
+        return None, f"{repo} has no branch step{step}[-tokens<N>B] among its {len(branches)} branches"
+    import logging
+
+    logging.getLogger(__name__).info("%s: step %d is branch %s (looked up on the hub)", repo, step, branch)
+    return branch, ""
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@cache
+def _repo_branches(repo: str) -> tuple[str, ...]:
+    from huggingface_hub import list_repo_refs
+
+    return tuple(ref.name for ref in list_repo_refs(repo).branches)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -493,11 +529,14 @@ def _resolve_olmo(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
     if spec.official_steps is not None:
         official = load_step_list(spec.official_steps)
         if step in official:
+            branch, why_not = lookup_branch(spec.repo, step)
+            if branch is not None:
+                return CheckpointRef(name=who, family="olmo", location=repo, revision=branch, step=step)
             raise KdynError(
                 f"{who}: step {step} is an official checkpoint, but kdyn does not know its {spec.repo} branch "
-                f"name (the -tokens<N>B part cannot be computed from the step, and kdyn's table "
-                f"kdyn/models/branches/{spec.table} lists only {len(table)} verified branches). Either set "
-                f"model.step to a step kdyn knows (nearest: {nearest}), or {hint}"
+                f"name (the -tokens<N>B part cannot be computed from the step, kdyn's table "
+                f"kdyn/models/branches/{spec.table} lists only {len(table)} verified branches, and {why_not}). "
+                f"Either set model.step to a step kdyn knows (nearest: {nearest}), or {hint}"
             )
         raise KdynError(
             f"{who} has no checkpoint at step {step}: it is not one of the {len(official)} official checkpoints "
