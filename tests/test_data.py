@@ -169,3 +169,33 @@ def test_hub_corpus_from_a_local_datasets_folder_streams_into_training(tmp_path,
                         "data.seq_len=32", "data.batch_size=4", *FAST_TRAINER)
     results = train(cfg)
     assert results["steps"] == 2 and results["tokens_seen"] == 2 * 4 * 32
+
+
+def test_fictional_knowledge_corpus_yields_the_dataset_texts_in_record_order(compose_train):
+    folder = shared_data("fictional_knowledge")
+    records = json.loads((folder / "fictional_knowledge_paraphrased.json").read_text())
+    node = dict(compose_train("corpus=fictional_knowledge", f"corpus.path={folder}").corpus)
+    assert node["name"] == "fictional_knowledge" and node["items"] == [0, 120]
+    assert corpora.load_documents(node) == [r["train_context"] for r in records[:120]]
+    both = corpora.load_documents({**node, "items": [120, 130], "texts": "both"})
+    assert both == [t for r in records[120:130] for t in [r["train_context"], *r["paraphrases"]]]
+    assert corpora.load_documents({**node, "items": [3, 5], "texts": "paraphrases"}) == \
+        records[3]["paraphrases"] + records[4]["paraphrases"]
+
+
+def test_fictional_knowledge_corpus_bad_input(tmp_path):
+    folder = shared_data("fictional_knowledge")
+    with pytest.raises(KdynError, match="unknown corpus.texts 'paragraph'"):
+        corpora.load_documents({"name": "fictional_knowledge", "path": str(folder), "texts": "paragraph"})
+    with pytest.raises(KdynError, match=r"corpus.items=\[0, 500\] is out of range"):
+        corpora.load_documents({"name": "fictional_knowledge", "path": str(folder), "items": [0, 500]})
+    plain = tmp_path / "fk.json"  # the dataset without paraphrases
+    plain.write_text(json.dumps([{k: v for k, v in r.items() if k != "paraphrases"}
+                                 for r in json.loads((folder / "fictional_knowledge.json").read_text())[:3]]))
+    with pytest.raises(KdynError, match="no paraphrases"):
+        corpora.load_documents({"name": "fictional_knowledge", "path": str(plain), "texts": "paraphrases",
+                                "items": [0, 3]})
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps([{"train_context": "x"}]))
+    with pytest.raises(KdynError, match="broken.json"):
+        corpora.load_documents({"name": "fictional_knowledge", "path": str(broken)})

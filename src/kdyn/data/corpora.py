@@ -11,6 +11,9 @@ before training starts, with the line number and what was expected.
 ``wikitext``    WikiText (hub ``Salesforce/wikitext``, or a local folder of ``*.txt`` splits)
 ``hub``         any Hugging Face dataset (streaming for Dolma/PubMed-sized data)
 ``temporalwiki`` TWiki-Probes or synthetic update periods, verbalised (`kdyn.data.periods`)
+``fictional_knowledge`` Chang et al.'s Fictional Knowledge dataset (local folder / .json, or the hub):
+                its paragraphs and/or paraphrases as documents (the injected knowledge itself is
+                ``inject.source``, see `kdyn.data.knowledge`)
 ==============  ==============================================================================
 """
 
@@ -24,7 +27,8 @@ from typing import Any
 
 from kdyn.errors import KdynError
 
-CORPUS_KINDS = ("synthetic", "text", "wikitext", "hub", "temporalwiki")
+CORPUS_KINDS = ("synthetic", "text", "wikitext", "hub", "temporalwiki", "fictional_knowledge")
+FK_TEXTS = ("train_context", "paraphrases", "both")
 
 
 def iter_documents(corpus: Mapping[str, Any]) -> Iterator[str]:
@@ -38,6 +42,7 @@ def iter_documents(corpus: Mapping[str, Any]) -> Iterator[str]:
         "wikitext": _wikitext_documents,
         "hub": _hub_documents,
         "temporalwiki": _period_documents,
+        "fictional_knowledge": _fictional_knowledge_documents,
     }[kind](corpus)
     limit = corpus.get("max_documents")
     return islice(docs, int(limit)) if limit else docs
@@ -57,6 +62,8 @@ def describe(corpus: Mapping[str, Any]) -> str:
         return f"{kind} ({corpus.get('path')})"
     if kind == "hub":
         return f"hub ({corpus.get('dataset')})"
+    if kind == "fictional_knowledge":
+        return f"fictional_knowledge ({corpus.get('path') or corpus.get('hub_dataset')})"
     return str(kind)
 
 
@@ -194,6 +201,31 @@ def _period_documents(corpus: Mapping[str, Any]) -> Iterator[str]:
 
     for _, docs in segment_documents(corpus):
         yield from docs
+
+
+# ----------------------------------------------------------------------------------- fictional knowledge
+def _fictional_knowledge_documents(corpus: Mapping[str, Any]) -> Iterator[str]:
+    """Per record of ``corpus.items`` (validated schema): its ``train_context`` paragraph, its
+    paraphrases, or both (the paragraph first), in record order."""
+    from kdyn.data.knowledge import DEFAULT_HUB_DATASET, knowledge_records
+
+    texts = corpus.get("texts", "train_context")
+    if texts not in FK_TEXTS:
+        raise KdynError(f"unknown corpus.texts {texts!r} for fictional_knowledge; choose one of {', '.join(FK_TEXTS)}")
+    source = {"name": "fictional_knowledge", "path": corpus.get("path"),
+              "hub_dataset": corpus.get("hub_dataset") or DEFAULT_HUB_DATASET, "items": corpus.get("items")}
+    try:
+        records = knowledge_records(source)
+    except KdynError as e:
+        raise KdynError(str(e).replace("inject.source", "corpus")) from None
+    if texts == "paraphrases" and not any(rec["paraphrases"] for rec in records):
+        raise KdynError("corpus.texts=paraphrases, but these Fictional Knowledge records have no paraphrases; "
+                        "use the dataset's fictional_knowledge_paraphrased.json or corpus.texts=train_context")
+    for rec in records:
+        if texts in ("train_context", "both"):
+            yield rec["train_context"]
+        if texts in ("paraphrases", "both"):
+            yield from rec["paraphrases"]
 
 
 # ----------------------------------------------------------------------------------- hub
