@@ -13,10 +13,10 @@ Pipeline: `build_probes` → `tokenize_probes` → `make_batches` (length-bucket
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from kdyn.data.knowledge import KnowledgeItem
@@ -186,17 +186,15 @@ def optimal_cuts(lengths: Sequence[int], batch_tokens: int, overhead: float = BA
     if any(a > b for a, b in zip(lengths, lengths[1:])):
         raise ValueError("optimal_cuts needs ascending lengths")
     n = len(lengths)
-    best = [0.0] + [math.inf] * n
+    best = np.zeros(n + 1)
     start = [0] * (n + 1)
     for end in range(1, n + 1):
         width = lengths[end - 1]
-        for begin in range(end - 1, -1, -1):
-            size = end - begin
-            if size > 1 and size * width > batch_tokens:
-                break
-            cost = best[begin] + size * width + overhead
-            if cost <= best[end]:
-                best[end], start[end] = cost, begin
+        size_max = max(1, min(end, batch_tokens // width))  # the widest batch the budget allows
+        begins = np.arange(end - size_max, end)             # ascending: the first minimum is the biggest batch
+        costs = best[begins] + (end - begins) * width + overhead
+        k = int(np.argmin(costs))
+        best[end], start[end] = costs[k], int(begins[k])
     cuts, end = [], n
     while end > 0:
         cuts.append((start[end], end))
