@@ -62,11 +62,7 @@ def annealed_factor(factor: float, step: int, max_steps: int) -> float:
 class _RawRecorder(CoefficientRecorder):
     """A recorder whose hooks run before every hook already on the module (the raw coefficients)."""
 
-    def attach(self) -> _RawRecorder:
-        if not self._handles:
-            self._handles = [layer.down_proj.register_forward_pre_hook(self._hook(layer.index), prepend=True)
-                             for layer in self.ffn.layers]
-        return self
+    prepend = True
 
 
 class RescaleCoefficients(pl.Callback):
@@ -125,8 +121,7 @@ class RescaleCoefficients(pl.Callback):
     def attach(self) -> RescaleCoefficients:
         """Register the scaling pre-hooks (prepended: every other hook sees the scaled coefficients)."""
         if not self._handles:
-            self._handles = [layer.down_proj.register_forward_pre_hook(self._hook(layer.index), prepend=True)
-                             for layer in self.ffn.layers]
+            self._handles = self.ffn.hook_coefficients(self._hook, prepend=True)
         return self
 
     def detach(self) -> None:

@@ -22,6 +22,8 @@ class CoefficientRecorder:
     ``set_mask`` gives the attention mask of the batch about to be run (``None``: no padding).
     """
 
+    prepend = False  # True: the hooks run before the ones already on the down projections
+
     def __init__(self, ffn: FFNMap, metric: KnowledgeEntropy | None = None):
         self.ffn = ffn
         self._metric = metric if metric is not None else KnowledgeEntropy(ffn.d_ff)
@@ -53,8 +55,7 @@ class CoefficientRecorder:
     # --------------------------------------------------------------------------------- lifecycle
     def attach(self) -> CoefficientRecorder:
         if not self._handles:
-            self._handles = [layer.down_proj.register_forward_pre_hook(self._hook(layer.index))
-                             for layer in self.ffn.layers]
+            self._handles = self.ffn.hook_coefficients(self._hook, prepend=self.prepend)
         return self
 
     def detach(self) -> None:

@@ -22,7 +22,7 @@ prefix keeps them out. For an unknown architecture, ``model.ffn.down_proj=<suffi
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +84,13 @@ class FFNMap:
 
     def down_modules(self) -> list[nn.Module]:
         return [layer.down_proj for layer in self.layers]
+
+    def hook_coefficients(self, make_hook: Callable[[int], Callable], prepend: bool = False) -> list:
+        """Register ``make_hook(layer index)`` as a forward pre-hook on every down projection (its input
+        is the memory coefficients); ``prepend`` runs it before the hooks already there. Returns the
+        handles (``handle.remove()`` undoes it)."""
+        return [layer.down_proj.register_forward_pre_hook(make_hook(layer.index), prepend=prepend)
+                for layer in self.layers]
 
 
 def locate_ffn(model: nn.Module, overrides: Mapping[str, Any] | None = None) -> FFNMap:
