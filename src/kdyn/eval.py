@@ -24,7 +24,14 @@ from kdyn.utils.io import atomic_write_json, write_csv
 def evaluate(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]:
     from kdyn.callbacks.probes import COLUMNS
     from kdyn.data.knowledge import assign_scenarios, knowledge_records
-    from kdyn.data.probes import build_probes, make_batches, padding_efficiency, score_batches, tokenize_probes
+    from kdyn.data.probes import (
+        BATCH_OVERHEAD_TOKENS,
+        build_probes,
+        make_batches,
+        padding_efficiency,
+        score_batches,
+        tokenize_probes,
+    )
     from kdyn.models.loading import context_length, load_model
 
     state = state or RunStarted()
@@ -40,7 +47,7 @@ def evaluate(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches = make_batches(tokenize_probes(probes, tokenizer, max_len=limit), probes,
                            batch_tokens=int(settings["batch_tokens"]), pad_id=pad,
-                           batch_overhead_tokens=int(settings.get("batch_overhead_tokens", 32)))
+                           batch_overhead_tokens=int(settings.get("batch_overhead_tokens", BATCH_OVERHEAD_TOKENS)))
     device = torch.device("cuda" if settings.get("device", "auto") == "auto" and torch.cuda.is_available()
                           else ("cpu" if settings.get("device", "auto") == "auto" else settings["device"]))
 

@@ -20,6 +20,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 from kdyn.callbacks.log_utils import log_scalars
+from kdyn.data.probes import BATCH_OVERHEAD_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ COLUMNS = ["step", "after_period", "probe_period", "scenario", "n", "ppl_full", 
 
 class PeriodEvaluator(pl.Callback):
     def __init__(self, dirpath: str, batch_tokens: int = 8192, evaluate: str = "current", max_len: int | None = None,
-                 batch_overhead_tokens: int = 32):
+                 batch_overhead_tokens: int = BATCH_OVERHEAD_TOKENS):
         from kdyn.errors import KdynError
 
         if evaluate not in ("current", "all"):

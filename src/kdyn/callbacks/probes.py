@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import torch
 
 from kdyn.callbacks.log_utils import log_scalars
+from kdyn.data.probes import BATCH_OVERHEAD_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ TABLE = "probes.csv"
 class ProbeScorer(pl.Callback):
     def __init__(self, source: Mapping[str, Any], scenarios: Mapping[str, int], num_events: int, dirpath: str,
                  every_n_steps: int = 1, batch_tokens: int = 8192, types: Sequence[str] = ("mem", "gen", "hard_gen"),
-                 include_paragraph: bool = False, max_len: int | None = None, batch_overhead_tokens: int = 32):
+                 include_paragraph: bool = False, max_len: int | None = None,
+                 batch_overhead_tokens: int = BATCH_OVERHEAD_TOKENS):
         from kdyn.errors import KdynError
 
         if int(every_n_steps) < 1:

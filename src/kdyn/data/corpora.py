@@ -207,13 +207,13 @@ def _period_documents(corpus: Mapping[str, Any]) -> Iterator[str]:
 def _fictional_knowledge_documents(corpus: Mapping[str, Any]) -> Iterator[str]:
     """Per record of ``corpus.items`` (validated schema): its ``train_context`` paragraph, its
     paraphrases, or both (the paragraph first), in record order."""
-    from kdyn.data.knowledge import DEFAULT_HUB_DATASET, knowledge_records
+    from kdyn.data.knowledge import knowledge_records
 
     texts = corpus.get("texts", "train_context")
     if texts not in FK_TEXTS:
         raise KdynError(f"unknown corpus.texts {texts!r} for fictional_knowledge; choose one of {', '.join(FK_TEXTS)}")
     source = {"name": "fictional_knowledge", "path": corpus.get("path"),
-              "hub_dataset": corpus.get("hub_dataset") or DEFAULT_HUB_DATASET, "items": corpus.get("items")}
+              "hub_dataset": corpus.get("hub_dataset"), "items": corpus.get("items")}
     try:
         records = knowledge_records(source)
     except KdynError as e:

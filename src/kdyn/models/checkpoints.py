@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -295,8 +296,6 @@ def lookup_branch(repo: str, step: int) -> tuple[str | None, str]:
     branch = branch_for_step(branches, step)
     if branch is None:
         return None, f"{repo} has no branch step{step}[-tokens<N>B] among its {len(branches)} branches"
-    import logging
-
     logging.getLogger(__name__).info("%s: step %d is branch %s (looked up on the hub)", repo, step, branch)
     return branch, ""
 
