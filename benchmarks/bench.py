@@ -36,71 +36,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import Row, machine_description  # noqa: E402
 
-SECTIONS = {}
+# section name -> (module, function, whether it has Pythia-sized cases that --tiny-only skips);
+# modules are imported only when their section runs
+SECTIONS = {
+    "entropy": ("bench_entropy", "run", False),
+    "probes": ("bench_probes", "run", False),
+    "overhead": ("bench_overhead", "run_overhead", True),
+    "callbacks": ("bench_overhead", "run_callbacks", True),
+    "freeze": ("bench_freeze", "run", True),
+    "trace": ("bench_trace", "run", True),
+    "growth": ("bench_growth", "run", True),
+    "gpu": ("bench_gpu", "run", True),
+}
 
 
-def section(name):
-    def register(fn):
-        SECTIONS[name] = fn
-        return fn
+def run_section(name: str, args) -> list[Row]:
+    import importlib
 
-    return register
-
-
-@section("entropy")
-def _entropy(args):
-    from bench_entropy import run
-
-    return run(quick=args.quick)
-
-
-@section("probes")
-def _probes(args):
-    from bench_probes import run
-
-    return run(quick=args.quick)
-
-
-@section("overhead")
-def _overhead(args):
-    from bench_overhead import run_overhead
-
-    return run_overhead(quick=args.quick, tiny_only=args.tiny_only)
-
-
-@section("callbacks")
-def _callbacks(args):
-    from bench_overhead import run_callbacks
-
-    return run_callbacks(quick=args.quick, tiny_only=args.tiny_only)
-
-
-@section("freeze")
-def _freeze(args):
-    from bench_freeze import run
-
-    return run(quick=args.quick, tiny_only=args.tiny_only)
-
-
-@section("trace")
-def _trace(args):
-    from bench_trace import run
-
-    return run(quick=args.quick, tiny_only=args.tiny_only)
-
-
-@section("growth")
-def _growth(args):
-    from bench_growth import run
-
-    return run(quick=args.quick, tiny_only=args.tiny_only)
-
-
-@section("gpu")
-def _gpu(args):
-    from bench_gpu import run
-
-    return run(quick=args.quick, tiny_only=args.tiny_only)
+    module, function, has_tiny_only = SECTIONS[name]
+    kwargs = {"quick": args.quick, **({"tiny_only": args.tiny_only} if has_tiny_only else {})}
+    return getattr(importlib.import_module(module), function)(**kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         print(f"\n== {name} ==", flush=True)
         start = time.perf_counter()
-        section_rows = SECTIONS[name](args)
+        section_rows = run_section(name, args)
         for row in section_rows:
             print(row.line(), flush=True)
         print(f"({name}: {time.perf_counter() - start:.0f} s)", flush=True)

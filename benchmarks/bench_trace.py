@@ -11,6 +11,8 @@ excluded: it times the tracing loop only).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 
 import torch
@@ -59,9 +61,6 @@ def _trace(bench_model, n_examples: int, out):
                                    f"trace.max_examples={n_examples}", "trace.plot=false", "trace.device=cpu"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(out)
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()):
         record = trace_checkpoint(cfg)
     # the same examples, for the plain reference
