@@ -1,0 +1,41 @@
+"""Row tables: the packed training rows a `TrainingStream` serves, wherever they live.
+
+A row table maps a row position to ``seq_len`` token ids. The training stream asks for the rows of
+one micro-batch at a time, so a table backed by a memory map (a token store, a Megatron ``.bin``,
+OLMo ``.npy`` files) never holds more than those rows in memory.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+
+@runtime_checkable
+class RowTable(Protocol):
+    """``len(table)`` rows of ``table.seq_len`` token ids; ``table.rows(positions)`` → ``[n, seq_len]`` int64."""
+
+    seq_len: int
+
+    def __len__(self) -> int: ...
+
+    def rows(self, positions: np.ndarray) -> torch.Tensor: ...
+
+
+class TensorRows:
+    """An in-memory ``[rows, seq_len]`` tensor as a row table (small corpora, tests)."""
+
+    def __init__(self, tensor: torch.Tensor):
+        if tensor.dim() != 2:
+            raise ValueError(f"expected a [rows, seq_len] tensor, got shape {tuple(tensor.shape)}")
+        self.tensor = tensor
+        self.seq_len = int(tensor.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.tensor.shape[0])
+
+    def rows(self, positions: np.ndarray) -> torch.Tensor:
+        index = torch.as_tensor(np.asarray(positions, dtype=np.int64))
+        return self.tensor[index].to(torch.long)
