@@ -54,8 +54,13 @@ def load_injection_steps(path: str | Path) -> dict[int, list[int]]:
 
 def summarize_run(run_dir: str | Path, *, window: int, iqr_multiplier: float | None = 2.0,
                   af_mode: str = "last", af_aggregate: str = "curve",
-                  max_pre_gap: int | None = 0) -> dict[str, Any] | None:
-    """Knowledge metrics of a run folder, or ``None`` when it scored no probes."""
+                  max_pre_gap: int | None = 0, drop_flat_probes: bool = False) -> dict[str, Any] | None:
+    """Knowledge metrics of a run folder, or ``None`` when it scored no probes.
+
+    ``drop_flat_probes=True`` drops probes whose minimum after the last injection equals their
+    start value from effectivity too, as the official analysis does (see
+    `kdyn.metrics.retention.summarize_probe_metrics`); the default keeps them.
+    """
     run_dir = Path(run_dir)
     table, injections = run_dir / "probes.csv", run_dir / "injections.csv"
     if not table.is_file() or not injections.is_file():
@@ -81,10 +86,10 @@ def summarize_run(run_dir: str | Path, *, window: int, iqr_multiplier: float | N
     max_t = max(0, int(steps[-1]) - (max(s[-1] for s in plan.values()) + window))
     summary = summarize_probe_metrics(steps, values[keep], [grouped_meta[i] for i in keep], plan, window=window,
                                       iqr_multiplier=iqr_multiplier, af_mode=af_mode, af_aggregate=af_aggregate,
-                                      max_pre_gap=max_pre_gap, max_t=max_t)
+                                      max_pre_gap=max_pre_gap, max_t=max_t, drop_flat_probes=drop_flat_probes)
     _add_scenario_means(summary, meta, keep)
     return {"window": window, "iqr_multiplier": iqr_multiplier, "af_mode": af_mode, "af_aggregate": af_aggregate,
-            "evaluated_steps": len(steps),
+            "drop_flat_probes": bool(drop_flat_probes), "evaluated_steps": len(steps),
             "last_step": int(steps[-1]), "scenarios": summary}
 
 

@@ -668,6 +668,7 @@ def summarize_probe_metrics(
     max_pre_gap: int | None = 0,
     af_mode: Literal["last", "first"] = "last",
     af_aggregate: Literal["probe", "curve"] = "probe",
+    drop_flat_probes: bool = False,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """All metrics per (scenario, probe type), as a nested JSON-serialisable dict.
 
@@ -689,6 +690,13 @@ def summarize_probe_metrics(
       `acquisition_forgetting` with ``af_mode``/``af_aggregate`` (no IQR filtering);
     - ``n_probes``, ``n_skipped`` (retainability skips, v[t_LAM] == v[0]), ``n_missing``,
       ``injection_steps``.
+
+    ``drop_flat_probes=True`` is the official code's behaviour for effectivity: a probe whose
+    minimum after the last injection equals its start value (``init_ppl == min_ppl``, a
+    retainability skip) is dropped from *effectivity* too, because ``get_probe_measurements``
+    (``ppl_analysis.py:75-76``) ``continue``s before it computes the effectivity of the probe's
+    injections (``ppl_analysis.py:82-95``). The default ``False`` keeps those probes in
+    effectivity (their injections did happen); ``n_flat_dropped`` counts the probes dropped.
 
     ``iqr_multiplier=None`` disables outlier filtering. All numbers are plain Python; NaN and
     infinities become None, so ``json.dumps`` works. Groups appear in order of first appearance.
@@ -723,9 +731,11 @@ def summarize_probe_metrics(
         inj = plans[scenario]
         vg = v[idx]
         eff = effectivity(s, vg, inj, w, max_pre_gap)
+        ret = retainability(s, vg, inj[-1], window=w, max_t=max_t)
+        if drop_flat_probes:
+            eff = eff[~ret.skipped]
         eff_mean, _ = iqr_mean(eff, iqr_multiplier, axis=None)
         eff_per_inj, _ = iqr_mean(eff, iqr_multiplier, axis=0)
-        ret = retainability(s, vg, inj[-1], window=w, max_t=max_t)
         r_mean, r_n = iqr_mean(ret.R, iqr_multiplier, axis=0)
         fit = fit_power_law_retention(ret.t, r_mean)
         af = acquisition_forgetting(s, vg, inj, mode=af_mode, aggregate=af_aggregate, window=w)
@@ -740,6 +750,7 @@ def summarize_probe_metrics(
             "n_probes": len(idx),
             "n_skipped": ret.n_skipped,
             "n_missing": ret.n_missing,
+            "n_flat_dropped": ret.n_skipped if drop_flat_probes else 0,
             "injection_steps": inj,
         })
     return out

@@ -49,7 +49,7 @@ def _recompute(run) -> dict[str, Any] | None:
     settings = run.config_value("inject.metrics") or {}
     if not isinstance(settings, dict) or "window" not in settings:
         return None
-    allowed = {"window", "iqr_multiplier", "af_mode", "af_aggregate", "max_pre_gap"}
+    allowed = {"window", "iqr_multiplier", "af_mode", "af_aggregate", "max_pre_gap", "drop_flat_probes"}
     try:
         return summarize_run(run.path, **{k: v for k, v in settings.items() if k in allowed})
     except Exception:  # noqa: BLE001 - fall back to the numbers the run wrote itself
