@@ -36,6 +36,9 @@ def measure_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict
     from kdyn.models.ffn import locate_ffn
     from kdyn.models.loading import load_model
 
+    from kdyn.validation import validate_config
+
+    validate_config(cfg, "entropy")
     state = state or RunStarted()
     settings = to_plain(cfg.entropy)
     if cfg.get("threads"):

@@ -34,6 +34,9 @@ def evaluate(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]
     )
     from kdyn.models.loading import context_length, load_model
 
+    from kdyn.validation import validate_config
+
+    validate_config(cfg, "eval")
     state = state or RunStarted()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))

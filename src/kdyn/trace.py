@@ -42,6 +42,9 @@ def trace_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict[s
     from kdyn.models.ffn import locate_ffn, parameter_groups_by_layer
     from kdyn.models.loading import load_model
 
+    from kdyn.validation import validate_config
+
+    validate_config(cfg, "trace")
     state = state or RunStarted()
     settings = to_plain(cfg.trace)
     if settings.get("granularity") not in GRANULARITIES:

@@ -45,6 +45,9 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
         resume_path,
     )
 
+    from kdyn.validation import validate_config
+
+    validate_config(cfg, "train")
     state = state or RunStarted()
     started = time.time()
     out = Path(cfg.paths.output_dir)

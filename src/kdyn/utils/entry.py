@@ -130,3 +130,64 @@ def check_group_choices(tool: str, argv: list[str]) -> None:
             if choice and choice != "null" and choice not in options:
                 print(f"{tool}: error: unknown {key} {choice!r}; available: {', '.join(options)}", file=sys.stderr)
                 sys.exit(2)
+    try:
+        check_override_keys(tool, argv)
+    except KdynError as e:
+        print(f"{tool}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+CONFIG_OF_TOOL = {"kdyn-train": "train", "kdyn-entropy": "entropy", "kdyn-eval": "eval", "kdyn-trace": "trace"}
+
+
+def check_override_keys(tool: str, argv: list[str]) -> None:
+    """Refuse ``a.b=value`` when the composed config has no key ``a.b``: one line listing the keys
+    that exist there, instead of Hydra's report whose ``+a.b=value`` suggestion would add a key that
+    nothing reads (``+`` on a checked node is refused by :func:`kdyn.validation.validate_config`).
+
+    The config is composed once with the command line's group choices (``model=…``,
+    ``experiment=…``), only when there is a plain dotted override to check.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    config_name = CONFIG_OF_TOOL.get(tool)
+    dotted, groups = [], []
+    for arg in argv:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        key, value = arg.split("=", 1)
+        if key.startswith(("+", "~")) or key.startswith("hydra") or key.startswith("override "):
+            if key.startswith(("+", "override ")) and "." not in key:
+                groups.append(arg)
+            continue
+        if "." in key:
+            dotted.append(key)
+        elif "," not in value and not any(c in value for c in "()[]{}$*"):
+            groups.append(arg)
+        else:  # a group sweep: compose with its first option
+            groups.append(f"{key}={value.split(',')[0].strip().removeprefix('choice(').strip()}")
+    if config_name is None or not dotted:
+        return
+    from kdyn.config import compose_config
+
+    try:
+        base = compose_config(config_name, groups)
+    except KdynError:
+        return  # Hydra reports a bad group choice itself
+    for key in dotted:
+        if OmegaConf.select(base, key, default=_MISSING) is not _MISSING:
+            continue
+        parent_key, _, name = key.rpartition(".")
+        parent = OmegaConf.select(base, parent_key, default=None)
+        while parent is None and "." in parent_key:
+            parent_key, _, name = parent_key.rpartition(".")
+            parent = OmegaConf.select(base, parent_key, default=None)
+        if not isinstance(parent, DictConfig):
+            raise KdynError(f"unknown key {key}: {parent_key or key} is not a config node here; check the name")
+        valid = ", ".join(str(k) for k in parent.keys())
+        extra = (f"; an extra argument of {parent.get('_target_')} is passed with +{key}=…" if "_target_" in parent
+                 else "")
+        raise KdynError(f"unknown key {key} (a typo?); valid {parent_key} keys: {valid}{extra}")
+
+
+_MISSING = object()

@@ -1,0 +1,308 @@
+"""Input checks of every entry point, in one place: ``validate_config(cfg, task)``.
+
+Each config node that a person types numbers into has a typed schema here (a dataclass whose
+fields carry the type and the allowed range); the YAML files keep the defaults, the schemas only
+say what a value may be. ``validate_config`` runs before a run folder holds anything (and before a
+multirun launches its jobs), and raises :class:`kdyn.errors.KdynError` with one line naming the key,
+the value, what is allowed and how to fix it.
+
+Nodes marked ``strict`` also refuse keys that the schema does not know (a typo such as
+``+optim.lrr=0.1`` would otherwise be silently ignored); nodes that are passed on to a class
+(``trainer``, ``callbacks.*``) accept extra keyword arguments and only have their known keys checked.
+
+No heavy imports: this module needs omegaconf only (the sweep pre-validation imports it cheaply).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from kdyn.errors import KdynError
+
+TASKS = ("train", "entropy", "eval", "trace")
+SCHEDULES = ("cosine", "linear", "constant")  # kdyn.module.SCHEDULES (checked equal in the tests)
+
+
+def spec(*, min: float | None = None, max: float | None = None, above: float | None = None,
+         below: float | None = None, choices: Sequence[Any] | None = None, also: Sequence[Any] = (),
+         length: int | None = None, hint: str = "") -> Any:
+    """A schema field: allowed range (``min``/``max`` inclusive, ``above``/``below`` exclusive), a
+    closed set of ``choices``, extra allowed values ``also`` (e.g. ``-1``), a list ``length``, and a
+    ``hint`` appended to the error (what the value means)."""
+    return field(default=None, metadata={"min": min, "max": max, "above": above, "below": below,
+                                         "choices": choices, "also": tuple(also), "length": length, "hint": hint})
+
+
+# ------------------------------------------------------------------------------------ schemas
+@dataclass
+class TopLevel:
+    seed: int = spec(min=0, max=2**32 - 1)
+    threads: int | None = spec(min=1, hint="torch threads (null: torch's default)")
+    skip_completed: bool = spec()
+    resume: bool = spec()
+    run_id: str | int | None = spec()
+    sweep_id: str | int | None = spec()
+
+
+@dataclass
+class Data:
+    seq_len: int = spec(min=2, hint="tokens per packed row")
+    batch_size: int = spec(min=1, hint="rows per device per micro-batch")
+    epochs: int = spec(min=1)
+    max_rows: int | None = spec(min=1, hint="null: every packed row")
+    num_workers: int = spec(min=0)
+
+
+@dataclass
+class Optim:
+    lr: float = spec(above=0, hint="the peak learning rate, e.g. 3e-4")
+    weight_decay: float = spec(min=0)
+    betas: list[float] = spec(min=0, below=1, length=2, hint="AdamW's [beta1, beta2]")
+    eps: float = spec(above=0)
+    scheduler: str = spec(choices=SCHEDULES)
+    warmup_steps: int = spec(min=0)
+    min_lr_ratio: float = spec(min=0, max=1, hint="cosine/linear decay to lr × min_lr_ratio")
+
+
+@dataclass
+class Trainer:
+    max_steps: int = spec(min=1, also=(-1,), hint="optimizer steps; -1: train data.epochs epochs")
+    max_epochs: int | None = spec(min=1, also=(-1,))
+    accumulate_grad_batches: int = spec(min=1)
+    log_every_n_steps: int = spec(min=1)
+    gradient_clip_val: float | None = spec(min=0, hint="null or 0: no clipping")
+    num_nodes: int = spec(min=1)
+
+
+@dataclass
+class Entropy:
+    num_sequences: int = spec(min=1)
+    seq_len: int = spec(min=2)
+    batch_size: int = spec(min=1)
+    pack: bool = spec()
+    sort_by_length: bool = spec()
+    device: str = spec(hint="auto | cpu | cuda")
+    save_coefficients: bool = spec()
+
+
+@dataclass
+class Probes:
+    batch_tokens: int = spec(min=1, hint="padded tokens per scoring batch at most")
+    batch_overhead_tokens: int = spec(min=0)
+    types: list[str] = spec()  # probe type names are checked by kdyn.data.probes.build_probes
+    include_paragraph: bool = spec()
+    max_len: int = spec(min=2)
+    device: str = spec(hint="auto | cpu | cuda")
+
+
+@dataclass
+class Trace:
+    sets: list[str] = spec()  # names, granularity and norm are checked where they are defined (trace.py)
+    granularity: str = spec()
+    norm: str = spec()
+    max_examples: int = spec(min=1)
+    max_len: int = spec(min=2)
+    seed: int = spec(min=0)
+    dtype: str = spec()
+    device: str = spec()
+    plot: bool = spec()
+    knowledge_source: dict = spec()
+    twiki: dict = spec()
+
+
+@dataclass
+class EveryNSteps:  # callbacks.entropy / probes / grad_norms (the other keys go to the callback)
+    every_n_steps: int = spec(min=1)
+
+
+@dataclass
+class Checkpoint:
+    every_n_train_steps: int | None = spec(min=0, hint="0 or null: only at the end and on SIGTERM")
+
+
+# (task, dotted node, schema, strict: unknown keys refused)
+NODES: tuple[tuple[tuple[str, ...], str, type, bool], ...] = (
+    (TASKS, "", TopLevel, False),
+    (("train",), "data", Data, True),
+    (("train",), "optim", Optim, True),
+    (("train",), "trainer", Trainer, False),
+    (("train",), "callbacks.entropy", EveryNSteps, False),
+    (("train",), "callbacks.probes", EveryNSteps, False),
+    (("train",), "callbacks.grad_norms", EveryNSteps, False),
+    (("train",), "callbacks.checkpoint", Checkpoint, False),
+    (("entropy",), "entropy", Entropy, True),
+    (("eval",), "probes", Probes, True),
+    (("trace",), "trace", Trace, True),
+)
+
+
+# ------------------------------------------------------------------------------------ checks
+def validate_config(cfg: DictConfig, task: str) -> None:
+    """Check the composed config of entry point ``task`` (train | entropy | eval | trace).
+
+    Raises :class:`KdynError` with one line naming the first bad key; returns None when every
+    checked setting has the right type and range.
+    """
+    if task not in TASKS:
+        raise KdynError(f"validate_config: unknown task {task!r}; one of {', '.join(TASKS)}")
+    for tasks, path, schema, strict in NODES:
+        if task not in tasks:
+            continue
+        node = cfg if not path else OmegaConf.select(cfg, path, default=None)
+        if node is None:
+            continue
+        if not isinstance(node, DictConfig):
+            raise KdynError(f"{path} must be a config node (a mapping), got {_show(node)}")
+        check_node(node, schema, path, strict=strict, known=_declared_keys(task, path))
+
+
+def check_node(node: DictConfig, schema: type, path: str, strict: bool, known: Sequence[str] = ()) -> None:
+    """Check every key of ``node`` that ``schema`` declares; with ``strict``, refuse keys that neither
+    the schema nor ``known`` (the node's keys in the entry point's own YAML file) declare."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    if strict:
+        valid = list(dict.fromkeys([*known, *fields]))
+        unknown = sorted(str(k) for k in node.keys() if str(k) not in valid)
+        if unknown:
+            key = f"{path}.{unknown[0]}" if path else unknown[0]
+            raise KdynError(f"unknown key {key} (a typo?); valid {path} keys: {', '.join(valid)}. "
+                            "Fix the name on the command line or in the config file")
+    for name, f in fields.items():
+        if name not in node:
+            continue
+        key = f"{path}.{name}" if path else name
+        value = _value(node, name, key)
+        _check_value(key, value, hints[name], f.metadata)
+
+
+def _value(node: DictConfig, name: str, key: str) -> Any:
+    try:
+        value = node[name]
+    except Exception as e:  # noqa: BLE001 - an interpolation that cannot resolve
+        raise KdynError(f"{key}: cannot resolve its value ({str(e).splitlines()[0]})") from None
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _check_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> None:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    optional = origin in (typing.Union, _UnionType) and type(None) in args
+    if value is None:
+        if optional:
+            return
+        _fail(key, value, "must be set (null is not allowed)", meta)
+    kinds = [a for a in args if a is not type(None)] if origin in (typing.Union, _UnionType) else [hint]
+    if value in meta["also"] and not isinstance(value, bool):
+        return
+    for kind in kinds:
+        if _is_kind(value, kind):
+            break
+    else:
+        _fail(key, value, f"must be {_kind_text(kinds)}", meta)
+    if isinstance(value, list):
+        if meta["length"] is not None and len(value) != meta["length"]:
+            _fail(key, value, f"must be a list of {meta['length']} values", meta)
+        for item in value:
+            _check_range(key, value, item, meta)
+    elif not isinstance(value, dict):
+        _check_range(key, value, value, meta)
+
+
+def _check_range(key: str, shown: Any, value: Any, meta: Mapping[str, Any]) -> None:
+    if meta["choices"] is not None and value not in meta["choices"]:
+        _fail(key, shown, f"must be one of {', '.join(map(str, meta['choices']))}", meta)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        _fail(key, shown, "must be a finite number", meta)
+    also = f" (or {', '.join(map(str, meta['also']))})" if meta["also"] else ""
+    lo, hi, above, below = meta["min"], meta["max"], meta["above"], meta["below"]
+    if lo is not None and hi is not None and not lo <= value <= hi:
+        _fail(key, shown, f"must be between {_num(lo)} and {_num(hi)}{also}", meta)
+    if lo is not None and value < lo:
+        _fail(key, shown, f"must be ≥ {_num(lo)}{also}", meta)
+    if hi is not None and value > hi:
+        _fail(key, shown, f"must be ≤ {_num(hi)}{also}", meta)
+    if above is not None and value <= above:
+        _fail(key, shown, f"must be > {_num(above)}{also}", meta)
+    if below is not None and value >= below:
+        _fail(key, shown, f"must be < {_num(below)}{also}", meta)
+
+
+# ------------------------------------------------------------------------------------ helpers
+_DECLARED: dict[tuple[str, str], tuple[str, ...]] = {}
+
+
+def _declared_keys(task: str, path: str) -> tuple[str, ...]:
+    """The keys of node ``path`` in ``conf/<task>.yaml`` (the composed defaults' own keys)."""
+    if (task, path) not in _DECLARED:
+        from kdyn.config import CONF_DIR
+
+        keys: tuple[str, ...] = ()
+        try:
+            node = OmegaConf.select(OmegaConf.load(CONF_DIR / f"{task}.yaml"), path) if path else None
+            keys = tuple(str(k) for k in node.keys()) if isinstance(node, DictConfig) else ()
+        except Exception:  # noqa: BLE001 - a missing/odd file: the schema alone decides
+            keys = ()
+        _DECLARED[task, path] = keys
+    return _DECLARED[task, path]
+
+
+try:
+    from types import UnionType as _UnionType
+except ImportError:  # pragma: no cover - Python < 3.10
+    _UnionType = typing.Union
+
+
+def _is_kind(value: Any, kind: Any) -> bool:
+    origin = typing.get_origin(kind) or kind
+    if origin is bool:
+        return isinstance(value, bool)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is str:
+        return isinstance(value, str)
+    if origin is list:
+        item = (typing.get_args(kind) or (Any,))[0]
+        return isinstance(value, list) and (item is Any or all(_is_kind(v, item) for v in value))
+    if origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _kind_text(kinds: list[Any]) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+    parts = []
+    for kind in kinds:
+        origin = typing.get_origin(kind) or kind
+        if origin is list:
+            item = (typing.get_args(kind) or (Any,))[0]
+            parts.append(f"a list of {names.get(item, 'values').removeprefix('an ').removeprefix('a ')}s")
+        else:
+            parts.append(names.get(origin, str(origin)))
+    return " or ".join(parts)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else repr(value) if isinstance(value, str) else str(value).lower() \
+        if isinstance(value, bool) else str(value)
+
+
+def _fail(key: str, value: Any, rule: str, meta: Mapping[str, Any]) -> None:
+    hint = f" ({meta['hint']})" if meta.get("hint") else ""
+    raise KdynError(f"{key}={_show(value)}: {rule}{hint}; set a valid {key}")

@@ -1,0 +1,106 @@
+"""Every bad number of an entry point is refused in one line naming the key, before anything runs;
+the defaults and every shipped preset pass."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdyn.config import CONF_DIR, compose_config
+from kdyn.errors import KdynError
+from kdyn.validation import validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("task", ["train", "entropy", "eval", "trace"])
+def test_defaults_pass(task):
+    validate_config(compose_config(task), task)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+def test_every_experiment_preset_passes(preset):
+    validate_config(compose_config("train", [f"experiment={preset}"]), "train")
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "fsdp"])
+def test_every_trainer_passes(trainer):
+    validate_config(compose_config("train", [f"trainer={trainer}"]), "train")
+
+
+@pytest.mark.parametrize(("task", "override", "key"), [
+    ("train", "data.batch_size=0", "data.batch_size"),
+    ("train", "data.batch_size=-1", "data.batch_size"),
+    ("train", "data.seq_len=1", "data.seq_len"),
+    ("train", "optim.lr=-1", "optim.lr"),
+    ("train", "optim.lr=0", "optim.lr"),
+    ("train", "optim.lr=abc", "optim.lr"),
+    ("train", "seed=abc", "seed"),
+    ("train", "seed=-1", "seed"),
+    ("train", "threads=0", "threads"),
+    ("train", "resume=maybe", "resume"),
+    ("train", "optim.min_lr_ratio=-1", "optim.min_lr_ratio"),
+    ("train", "optim.min_lr_ratio=1.5", "optim.min_lr_ratio"),
+    ("train", "optim.warmup_steps=-3", "optim.warmup_steps"),
+    ("train", "optim.warmup_steps=1.5", "optim.warmup_steps"),
+    ("train", "optim.betas=[0.9,1.0]", "optim.betas"),
+    ("train", "optim.betas=[0.9]", "optim.betas"),
+    ("train", "optim.eps=0", "optim.eps"),
+    ("train", "optim.weight_decay=-0.1", "optim.weight_decay"),
+    ("train", "optim.scheduler=cosin", "optim.scheduler"),
+    ("train", "trainer.max_steps=0", "trainer.max_steps"),
+    ("train", "trainer.max_steps=-2", "trainer.max_steps"),
+    ("train", "trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches"),
+    ("train", "trainer.log_every_n_steps=0", "trainer.log_every_n_steps"),
+    ("train", "callbacks.entropy.every_n_steps=0", "callbacks.entropy.every_n_steps"),
+    ("train", "callbacks.probes.every_n_steps=0", "callbacks.probes.every_n_steps"),
+    ("train", "+optim.lrr=0.1", "optim.lrr"),
+    ("train", "+data.batchsize=4", "data.batchsize"),
+    ("entropy", "entropy.batch_size=0", "entropy.batch_size"),
+    ("entropy", "entropy.num_sequences=0", "entropy.num_sequences"),
+    ("entropy", "+entropy.seqlen=4", "entropy.seqlen"),
+    ("eval", "probes.batch_tokens=0", "probes.batch_tokens"),
+    ("trace", "trace.max_examples=0", "trace.max_examples"),
+])
+def test_bad_values_are_one_line_naming_the_key(task, override, key):
+    cfg = compose_config(task, [override])
+    with pytest.raises(KdynError) as info:
+        validate_config(cfg, task)
+    message = str(info.value)
+    assert "\n" not in message
+    assert key in message
+
+
+def test_unknown_key_lists_the_valid_ones():
+    with pytest.raises(KdynError, match=r"valid optim keys: lr, .*min_lr_ratio"):
+        validate_config(compose_config("train", ["+optim.lrr=0.1"]), "train")
+
+
+def test_extra_trainer_arguments_are_allowed():
+    validate_config(compose_config("train", ["+trainer.profiler=simple"]), "train")
+
+
+def test_schedules_agree_with_the_module():
+    from kdyn.module import SCHEDULES
+    from kdyn.validation import SCHEDULES as CHECKED
+
+    assert tuple(CHECKED) == tuple(SCHEDULES)
+
+
+@pytest.mark.parametrize("args", [["optim.lrr=0.1"], ["+optim.lrr=0.1"], ["data.batch_size=0"]])
+def test_command_line_refuses_in_one_line_and_writes_nothing(tmp_path, args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KDYN_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "kdyn.train", *args, "run_id=bad"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    # torch may log its own import-time warnings (glog format "W1201 15:27:53 …"); nothing else may appear
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not re.match(r"[WI]\d{4} ", line)]
+    assert len(lines) == 1 and lines[0].startswith("kdyn-train: error:"), proc.stderr
+    key = args[0].lstrip("+").split("=")[0]
+    assert key in lines[0]
+    assert not (tmp_path / "outputs" / "train" / "runs" / "bad").exists()
