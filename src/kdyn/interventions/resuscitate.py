@@ -12,15 +12,22 @@ Only the up (value) half of the gated MLP is scaled — the gate, the down proje
 are untouched and nothing is renormalised. Because a SwiGLU coefficient ``silu(g_i·x) · (u_i·x)`` is
 linear in the up row u_i, slot i's coefficient is multiplied by exactly that factor for every token,
 so each selected slot is pushed to ≈ p × its layer's mean coefficient (later layers then see
-changed inputs). The arithmetic is float64, the result cast back to the weight's dtype.
+changed inputs). The arithmetic is float64, the result cast back to the weight's dtype. Where the
+up projection has a bias, the row's bias entry is scaled too (the coefficient is linear in both).
+
+**Fused gate/up layouts** (Phi-3/GLM ``gate_up_proj`` = ``[gate; up]``, OLMo-1 native ``ff_proj`` =
+``[up; gate]``): the up rows are the up half of the fused weight, located by ``kdyn.models.ffn``'s
+table (or ``model.ffn.up_proj`` + ``model.ffn.up_half``); only that half is edited.
 
 **Dead slots** (C̄_l,i = 0, e.g. an all-zero up row): their multiplier would be infinite (the
 official code would write inf/NaN weights). They are counted as selected but left unchanged, with a
 warning giving the count: a coefficient that is exactly zero for every token stays zero under any
 finite row scale, so skipping loses nothing that clamping could have bought.
 
-**Non-gated MLPs** (GPT-NeoX/Pythia, GPT-2): the coefficient ``gelu(W_in x)`` is not linear in any
-row of the up projection, so no row scale sets it; this raises and points to ``intervention=rescale``.
+**Non-gated MLPs** (GPT-NeoX/Pythia, GPT-2, Phi-2, MPT, ...): the coefficient ``gelu(W_in x)`` is not
+linear in any row of the up projection, so no row scale sets it; this raises before anything is
+measured and points to ``intervention=rescale`` (or, for a gated MLP with unknown names, to
+``model.ffn.up_proj``).
 
 **Record** (``intervention.json``): ``q``, ``p``, the table's source, per layer the selected /
 scaled / dead counts, the threshold and the multiplier's min/mean/max; knowledge entropy of the table
@@ -65,11 +72,7 @@ class Resuscitate(Intervention):
 
     def apply(self, ctx: InterventionContext) -> dict[str, Any]:
         ffn = ctx.ffn
-        if not ffn.gated:
-            raise KdynError(
-                f"intervention=resuscitate needs a gated (SwiGLU) MLP, but this {ffn.model_type} model's memory "
-                "coefficient gelu(W_in x) is not linear in any row of its up projection, so a row scale cannot set "
-                "it; use intervention=rescale (a forward pre-hook that multiplies the selected coefficients) instead")
+        ffn.require_up_rows("intervention=resuscitate")  # before any measurement: fail fast
         batches, measured_on = measurement_batches(self.measure, ctx.cfg, ctx.tokenizer)
         table, source = coefficient_table(ctx, self.coefficients, self.measure, batches=batches)
         if source["kind"] == "file":
@@ -116,11 +119,14 @@ def resuscitate(ffn: Any, table: list[torch.Tensor], q: float, p: float) -> list
         live = mask & (row > 0)
         index = live.nonzero(as_tuple=True)[0]
         multiplier = row.mean() / row[index] * p  # the official code's expression and order
-        weight = layer.up_rows()  # [d_ff, d_model] view of the up projection's weight
+        weight = layer.up_rows()  # [d_ff, d_model] view of the up rows (one half of a fused gate/up weight)
+        bias = layer.up_bias()  # [d_ff] view, or None: a coefficient is linear in its row AND its bias entry
         if index.numel():
             rows = index.to(weight.device)
-            scaled = weight[rows].double() * multiplier.to(weight.device).unsqueeze(1)
-            weight[rows] = scaled.to(weight.dtype)
+            factor = multiplier.to(weight.device)
+            weight[rows] = (weight[rows].double() * factor.unsqueeze(1)).to(weight.dtype)
+            if bias is not None:
+                bias[rows] = (bias[rows].double() * factor).to(bias.dtype)
         records.append({
             "layer": layer.index,
             "d_ff": layer.d_ff,
