@@ -74,7 +74,7 @@ def test_config_file_loads_and_its_default_resolves(path):
     assert cfg.get("family") in CHECKPOINT_FAMILIES
     if path.stem in OUR_CONFIGS:
         assert set(cfg.keys()) == SCHEMA_KEYS
-        assert set(cfg.ffn.keys()) == {"layers", "down_proj", "up_proj"}
+        assert set(cfg.ffn.keys()) == {"layers", "down_proj", "up_proj", "up_half"}
         assert cfg.dtype in ("float32", "bfloat16", "float16")
     if cfg.family == "local":
         with pytest.raises(KdynError, match=r"model\.path=DIR"):
