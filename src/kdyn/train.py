@@ -57,7 +57,8 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
 
     # 1. Everything that can be wrong with the input fails here, before a run folder holds anything.
     loaded = load_model(to_plain(cfg.model), tokenizer_corpus=to_plain(cfg.corpus), seq_len=int(cfg.data.seq_len))
-    datamodule = CorpusDataModule(to_plain(cfg.corpus), to_plain(cfg.data), loaded.tokenizer, seed=int(cfg.seed))
+    datamodule = CorpusDataModule(to_plain(cfg.corpus), to_plain(cfg.data), loaded.tokenizer, seed=int(cfg.seed),
+                                  vocab_size=loaded.model.get_input_embeddings().num_embeddings)
     datamodule.prepare_rows()
     groups = chosen_groups(cfg)
     module = CausalLMModule(loaded.model, to_plain(cfg.optim), run_info={"groups": groups, "model": loaded.ref.describe()})
@@ -102,7 +103,7 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
         "model": {"name": loaded.ref.name, "family": loaded.ref.family, "location": loaded.ref.location,
                   "revision": loaded.ref.revision, "step": loaded.ref.step,
                   "parameters": sum(p.numel() for p in loaded.model.parameters())},
-        "corpus": {"name": cfg.corpus.name, "rows": datamodule.rows.shape[0] if datamodule.rows is not None else None,
+        "corpus": {"name": cfg.corpus.name, "rows": len(datamodule.rows) if datamodule.rows is not None else None,
                    "seq_len": int(cfg.data.seq_len)},
         "seed": int(cfg.seed),
         "intervention": intervention_record,

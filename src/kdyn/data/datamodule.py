@@ -7,6 +7,10 @@ devices × gradient-accumulation steps), in corpus order or in a seeded per-epoc
 * a resumed run continues exactly where it stopped (the loader starts at the restored step);
 * injections (issue: knowledge injection) are transforms keyed by step and global row;
 * under DDP each rank takes its own slice of the global batch — no sampler is involved.
+
+Rows are served by a `RowTable` (`kdyn.data.rows`): a token store's memory map (`kdyn.data.store`),
+pretraining files read in place, or an in-memory tensor. The stream asks the table for the rows of
+one micro-batch at a time, so memory does not grow with the corpus and resuming at step N is a seek.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from kdyn.data import corpora
 from kdyn.data.packing import iter_packed_rows, pack_rows
+from kdyn.data.rows import ConcatRows, RowTable, TensorRows, as_row_table
 from kdyn.errors import KdynError
 
 # transform(batch, step, global_rows) -> batch; global_rows are the rows' positions in the global batch.
@@ -32,9 +38,12 @@ class Segment:
     """A stretch of the run trained on its own rows (e.g. one TemporalWiki period)."""
 
     name: str
-    rows: torch.Tensor  # [rows, seq_len]
+    rows: RowTable  # (a [rows, seq_len] tensor is wrapped in TensorRows)
     start_step: int
     num_steps: int
+
+    def __post_init__(self):
+        self.rows = as_row_table(self.rows)
 
     @property
     def end_step(self) -> int:
@@ -45,10 +54,12 @@ class TrainingStream(Dataset):
     """Micro-batch ``k`` → this rank's batch (``step = k // accumulate``).
 
     With ``segments`` the run is a sequence of stretches, each serving (and wrapping over) its own
-    rows; otherwise one segment of ``rows`` covers every step.
+    rows; otherwise one segment of ``rows`` (a `RowTable` or a ``[rows, seq_len]`` tensor) covers
+    every step. The rows' length is the table's ``seq_len`` (it may differ from ``data.seq_len``,
+    e.g. Pythia's 2,049-token instances).
     """
 
-    def __init__(self, rows: torch.Tensor | None, batch_size: int, *, world_size: int = 1, rank: int = 0,
+    def __init__(self, rows: RowTable | torch.Tensor | None, batch_size: int, *, world_size: int = 1, rank: int = 0,
                  accumulate: int = 1, shuffle: bool = False, seed: int = 0,
                  transforms: list[BatchTransform] | None = None, start_step: int = 0, num_steps: int = 0,
                  segments: list[Segment] | None = None):
@@ -61,7 +72,7 @@ class TrainingStream(Dataset):
         self._perm_key, self._perm = None, None
 
     @property
-    def rows(self) -> torch.Tensor:
+    def rows(self) -> RowTable:
         return self.segments[0].rows
 
     @property
@@ -97,18 +108,21 @@ class TrainingStream(Dataset):
         """Packed rows at absolute positions of the first segment's stream (wrapping into epochs)."""
         return self._rows_at(0, self.segments[0].rows, positions)
 
-    def _rows_at(self, index: int, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        n = rows.shape[0]
-        out = torch.empty((len(positions), rows.shape[1]), dtype=rows.dtype)
-        for i, pos in enumerate(positions.tolist()):
-            epoch, offset = divmod(pos, n)
-            out[i] = rows[self._order(index, epoch, n)[offset] if self.shuffle else offset]
-        return out
+    def _rows_at(self, index: int, table: RowTable, positions: torch.Tensor) -> torch.Tensor:
+        n = len(table)
+        epochs, offsets = np.divmod(np.asarray(positions, dtype=np.int64), n)
+        if self.shuffle:
+            shuffled = np.empty_like(offsets)
+            for epoch in np.unique(epochs).tolist():
+                here = epochs == epoch
+                shuffled[here] = self._order(index, epoch, n)[offsets[here]]
+            offsets = shuffled
+        return table.rows(offsets)
 
-    def _order(self, index: int, epoch: int, n: int) -> torch.Tensor:
+    def _order(self, index: int, epoch: int, n: int) -> np.ndarray:
         if (index, epoch) != self._perm_key:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 7919 * index)
-            self._perm, self._perm_key = torch.randperm(n, generator=gen), (index, epoch)
+            self._perm, self._perm_key = torch.randperm(n, generator=gen).numpy(), (index, epoch)
         return self._perm
 
 
@@ -172,42 +186,124 @@ class CorpusDataModule(pl.LightningDataModule):
     """``corpus`` and ``data`` config nodes → the training stream.
 
     ``corpus.shuffle=false`` (the default) serves rows in corpus order, as the papers train; with
-    ``true`` each epoch is a seeded permutation (``seed``).
+    ``true`` each epoch is a seeded permutation (``seed``). With ``data.store.enabled`` (the default)
+    finite corpora are tokenised once into a token store and served from its memory map; a streamed
+    hub corpus uses a store when ``corpus.max_documents`` bounds it or ``kdyn-prepare`` built one,
+    and is otherwise streamed.
     """
 
-    def __init__(self, corpus: Mapping[str, Any], data: Mapping[str, Any], tokenizer, seed: int = 0):
+    def __init__(self, corpus: Mapping[str, Any], data: Mapping[str, Any], tokenizer, seed: int = 0,
+                 vocab_size: int | None = None):
         super().__init__()
         self.corpus, self.data, self.tokenizer, self.seed = dict(corpus), dict(data), tokenizer, seed
-        self.rows: torch.Tensor | None = None
-        self.segment_rows: list[tuple[str, torch.Tensor]] | None = None  # segmented corpora (periods)
+        self.vocab_size = vocab_size  # the model's embedding rows: every token id must be below it
+        self.rows: RowTable | None = None
+        self.segment_rows: list[tuple[str, RowTable]] | None = None  # segmented corpora (periods)
+        self.store = None  # the TokenStore the rows come from, if any
         self.transforms: list[BatchTransform] = []
+        self._streaming: bool | None = None
+
+    @property
+    def hub_streamed(self) -> bool:
+        return self.corpus.get("name") == "hub" and bool(self.corpus.get("streaming", True))
 
     @property
     def streaming(self) -> bool:
-        return self.corpus.get("name") == "hub" and bool(self.corpus.get("streaming", True))
+        """Rows come straight from a streamed hub corpus (no store)."""
+        if self._streaming is None:
+            self._streaming = self.hub_streamed and not (self.store_enabled and (
+                self.corpus.get("max_documents") or self._existing_store() is not None))
+        return self._streaming
 
     @property
     def seq_len(self) -> int:
         return int(self.data["seq_len"])
 
+    @property
+    def store_enabled(self) -> bool:
+        return bool((self.data.get("store") or {}).get("enabled", False))
+
+    @property
+    def store_dir(self):
+        from kdyn.data.store import default_store_dir
+
+        folder = (self.data.get("store") or {}).get("dir")
+        return folder or default_store_dir()
+
+    def _existing_store(self):
+        from pathlib import Path
+
+        from kdyn.data.store import open_store, store_name
+
+        return open_store(Path(self.store_dir).expanduser() / store_name(self.corpus, self.tokenizer), self.corpus,
+                          self.tokenizer)
+
     def prepare_rows(self) -> None:
-        """Tokenise and pack now (called before training starts so input errors surface early)."""
+        """Tokenise and pack now, or open the token store (called before training starts so input
+        errors surface early)."""
         if self.rows is not None or self.streaming:
             return
+        if self.corpus.get("name") == "pretraining":  # already-tokenised pretraining data, read in place
+            try:
+                from kdyn.data.pretraining import open_pretraining_rows
+            except ModuleNotFoundError:
+                raise KdynError("corpus=pretraining is not available in this version of kdyn") from None
+            self.rows = open_pretraining_rows(self.corpus, self.data)
+        elif self.store_enabled:
+            self._rows_from_store()
+        else:
+            self._rows_in_memory()
+        if self.segment_rows is None and len(self.rows) < int(self.data["batch_size"]):
+            raise KdynError(
+                f"corpus {corpora.describe(self.corpus)} packs into {len(self.rows)} rows of {self.rows.seq_len} "
+                f"tokens, fewer than one batch (data.batch_size={self.data['batch_size']}); lower data.batch_size "
+                "or data.seq_len")
+        self._check_vocab()
+
+    def _rows_in_memory(self) -> None:
         from kdyn.data.periods import is_segmented, segment_documents
 
         if is_segmented(self.corpus):
-            self.segment_rows = [(name, pack_rows(docs, self.tokenizer, self.seq_len))
+            self.segment_rows = [(name, TensorRows(pack_rows(docs, self.tokenizer, self.seq_len)))
                                  for name, docs in segment_documents(self.corpus)]
-            self.rows = torch.cat([rows for _, rows in self.segment_rows])
+            self.rows = ConcatRows([rows for _, rows in self.segment_rows])
             return
-        rows = pack_rows(corpora.load_documents(self.corpus), self.tokenizer, self.seq_len, self.data.get("max_rows"))
-        if rows.shape[0] < int(self.data["batch_size"]):
-            raise KdynError(
-                f"corpus {corpora.describe(self.corpus)} packs into {rows.shape[0]} rows of {self.seq_len} tokens, "
-                f"fewer than one batch (data.batch_size={self.data['batch_size']}); lower data.batch_size or data.seq_len"
-            )
-        self.rows = rows
+        self.rows = TensorRows(pack_rows(corpora.load_documents(self.corpus), self.tokenizer, self.seq_len,
+                                         self.data.get("max_rows")))
+
+    def _rows_from_store(self) -> None:
+        import logging
+        import time
+
+        from kdyn.data.periods import is_segmented
+        from kdyn.data.store import build_store, describe_store
+
+        started = time.perf_counter()
+        self.store, built = build_store(self.corpus, self.tokenizer, self.store_dir)
+        seconds = time.perf_counter() - started
+        logging.getLogger("kdyn.data").info(
+            "token store %s: %s", f"built in {seconds:.1f} s ({self.store.num_tokens / max(seconds, 1e-9) / 1e6:.2f} "
+            "M tokens/s)" if built else "opened", describe_store(self.store))
+        if is_segmented(self.corpus):
+            self.segment_rows = self.store.segment_rows(self.seq_len)
+            self.rows = ConcatRows([rows for _, rows in self.segment_rows])
+        else:
+            self.rows = self.store.rows(self.seq_len, self.data.get("max_rows"))
+
+    def _check_vocab(self) -> None:
+        """Every token id must have an embedding row (a store or files tokenised for another model)."""
+        if not self.vocab_size:
+            return
+        tables = [rows for _, rows in self.segment_rows] if self.segment_rows else [self.rows]
+        for table in tables:
+            largest = getattr(table, "max_token_id", None)
+            if largest is None and isinstance(table, TensorRows):
+                largest = int(table.tensor.max())
+            if largest is not None and largest >= int(self.vocab_size):
+                raise KdynError(
+                    f"corpus {corpora.describe(self.corpus)} holds token id {largest}, but the model's vocabulary has "
+                    f"{self.vocab_size} entries: the data was tokenised with another tokenizer; use data tokenised "
+                    "with this model's tokenizer, or the model the data was made for")
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -237,7 +333,7 @@ class CorpusDataModule(pl.LightningDataModule):
         epochs = float(self.corpus.get("epochs_per_period", 1))
         segments, start = [], 0
         for name, rows in self.segment_rows:
-            steps = max(1, -(-int(rows.shape[0] * epochs) // per_step))
+            steps = max(1, -(-int(len(rows) * epochs) // per_step))
             segments.append(Segment(name, rows, start, steps))
             start += steps
         return segments
@@ -258,4 +354,4 @@ class CorpusDataModule(pl.LightningDataModule):
         world = trainer.world_size if trainer is not None else 1
         accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
         per_step = int(self.data["batch_size"]) * world * accumulate
-        return max(1, int(float(self.data.get("epochs", 1)) * self.rows.shape[0]) // per_step)
+        return max(1, int(float(self.data.get("epochs", 1)) * len(self.rows)) // per_step)
