@@ -35,6 +35,7 @@ def measure_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict
     from kdyn.metrics.recorder import measure
     from kdyn.models.ffn import locate_ffn
     from kdyn.models.loading import load_model
+    from kdyn.models.provenance import model_record
 
     from kdyn.validation import validate_config
 
@@ -75,8 +76,7 @@ def measure_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict
         "num_tokens": int(result["tokens"]),
         "num_sequences": int(sum(b["input_ids"].shape[0] for b in batches)),
         "d_ff": list(ffn.d_ff),
-        "model": {"name": loaded.ref.name, "family": loaded.ref.family, "step": loaded.ref.step,
-                  "location": loaded.ref.location, "revision": loaded.ref.revision, "model_type": ffn.model_type},
+        "model": model_record(loaded, model_type=ffn.model_type),
         "corpus": {"name": cfg.corpus.name, "path": cfg.corpus.get("path")},
         "settings": settings,
         "padding": "excluded (the official code counts padding tokens)",

@@ -33,6 +33,7 @@ def evaluate(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]
         tokenize_probes,
     )
     from kdyn.models.loading import context_length, load_model
+    from kdyn.models.provenance import model_record
 
     from kdyn.validation import validate_config
 
@@ -80,8 +81,7 @@ def evaluate(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]
         "padding_efficiency": round(padding_efficiency(batches), 4),
         "seconds": round(seconds, 3),
         "groups": chosen_groups(cfg),
-        "model": {"name": loaded.ref.name, "family": loaded.ref.family, "step": loaded.ref.step,
-                  "location": loaded.ref.location, "revision": loaded.ref.revision},
+        "model": model_record(loaded),
         "knowledge": to_plain(cfg.knowledge.source),
         "output_dir": str(out),
     }

@@ -41,6 +41,7 @@ def trace_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict[s
     from kdyn.metrics.grad_norms import NORMS, trace_layer_norms
     from kdyn.models.ffn import locate_ffn, parameter_groups_by_layer
     from kdyn.models.loading import load_model
+    from kdyn.models.provenance import model_record
 
     from kdyn.validation import validate_config
 
@@ -82,9 +83,8 @@ def trace_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict[s
     n_total = sum(len(e) for e in sets.values())
     record = {
         "status": "completed",
-        "model": {"name": loaded.ref.name, "family": loaded.ref.family, "step": loaded.ref.step,
-                  "location": loaded.ref.location, "revision": loaded.ref.revision, "model_type": ffn.model_type,
-                  "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")},
+        "model": model_record(loaded, model_type=ffn.model_type,
+                              dtype=str(next(model.parameters()).dtype).removeprefix("torch.")),
         "granularity": settings["granularity"],
         "norm": settings["norm"],
         "layers": layers,

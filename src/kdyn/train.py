@@ -34,6 +34,7 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     from kdyn.callbacks.summary import RunSummary
     from kdyn.data.datamodule import CorpusDataModule
     from kdyn.models.loading import load_model
+    from kdyn.models.provenance import model_record
     from kdyn.module import CausalLMModule
     from kdyn.run import (
         build_callbacks,
@@ -100,9 +101,7 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
         **summary.summary(module, trainer),
         "wall_time_s": round(time.time() - started, 2),
         "groups": groups,
-        "model": {"name": loaded.ref.name, "family": loaded.ref.family, "location": loaded.ref.location,
-                  "revision": loaded.ref.revision, "step": loaded.ref.step,
-                  "parameters": sum(p.numel() for p in loaded.model.parameters())},
+        "model": model_record(loaded, parameters=sum(p.numel() for p in loaded.model.parameters())),
         "corpus": {"name": cfg.corpus.name, "rows": len(datamodule.rows) if datamodule.rows is not None else None,
                    "seq_len": int(cfg.data.seq_len)},
         "seed": int(cfg.seed),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ class LoadedModel:
     model: PreTrainedModel
     tokenizer: Any
     ref: CheckpointRef
+    checkpoint: dict[str, Any] = field(default_factory=dict)  # commit + weight hashes (kdyn.models.provenance)
 
     @property
     def context_length(self) -> int | None:
@@ -65,7 +66,9 @@ def load_model(model_cfg: Mapping[str, Any], tokenizer_corpus: Mapping[str, Any]
             check_seq_len(model_cfg, seq_len, context_length(model), seq_len_key)
         return LoadedModel(model.to(dtype), tokenizer, ref)
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    kwargs = dict(revision=ref.revision, trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+    checkpoint = _checkpoint_record(model_cfg, ref)
+    revision = checkpoint.get("commit") if checkpoint.get("repo") and checkpoint.get("commit") else ref.revision
+    kwargs = dict(revision=revision, trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
     try:
         config = AutoConfig.from_pretrained(ref.location, **kwargs)
         if seq_len is not None:
@@ -82,7 +85,16 @@ def load_model(model_cfg: Mapping[str, Any], tokenizer_corpus: Mapping[str, Any]
         raise KdynError(f"cannot load {ref.describe()}: {first}.{hint}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; padding is always masked out
-    return LoadedModel(model, tokenizer, ref)
+    return LoadedModel(model, tokenizer, ref, checkpoint)
+
+
+def _checkpoint_record(model_cfg: Mapping[str, Any], ref: CheckpointRef) -> dict[str, Any]:
+    """The commit and weight hashes to load (checked against / pinned in ``model.revision_lock``)."""
+    from kdyn.models.provenance import apply_lock, describe_checkpoint
+
+    checkpoint = describe_checkpoint(ref)
+    lock = model_cfg.get("revision_lock")
+    return apply_lock(lock, ref, checkpoint) if lock else checkpoint
 
 
 def context_length(model_or_config) -> int | None:

@@ -5,8 +5,12 @@ a byte-level BPE tokenizer trained on the same synthetic corpus) and saves Huggi
 on a roughly logarithmic step grid. ``model=tiny`` uses that trajectory, building it on first use.
 
 A trajectory lives in ``<model.trajectory_dir>/tiny-<fingerprint>/`` where the fingerprint hashes
-everything that shapes the weights (architecture, corpus, data, optimizer, steps, seed), so changing
-``model.pretrain_overrides`` builds a new trajectory instead of silently reusing another one:
+everything that shapes the weights (architecture, corpus, data, optimizer, steps, seed) and the
+*build environment* (:func:`build_environment`: the versions of torch, transformers, tokenizers,
+lightning, numpy and Python, torch's CPU kernel level, and a hash of the synthetic-world generator's
+source), so changing ``model.pretrain_overrides`` or ``model.pretrain_seed``, or upgrading a library
+that shapes the weights or the tokenizer, builds a new trajectory instead of silently reusing another
+one:
 
     tiny-3f2a9c1e/
       trajectory.json      {"steps": [0, 25, …], "fingerprint": …, "config": {…}}
@@ -37,6 +41,12 @@ TRAJECTORY_FILE = "trajectory.json"
 # Config nodes of the pretraining run that determine the trajectory's weights.
 _FINGERPRINT_KEYS = ("model", "corpus", "data", "optim", "seed", "trainer.max_steps", "trainer.precision",
                      "trainer.accumulate_grad_batches", "trainer.gradient_clip_val", "callbacks.hf_trajectory.steps")
+# Keys of those nodes that do not shape the weights (bookkeeping).
+_NOT_FINGERPRINTED = ("revision_lock",)
+# Libraries whose versions shape the weights (kernels, initialisation, optimiser) or the tokenizer.
+_SHAPING_LIBRARIES = ("torch", "transformers", "tokenizers", "lightning", "numpy")
+# Modules whose source generates the synthetic world the tokenizer and the model are trained on.
+_WORLD_MODULES = ("kdyn.data.world", "kdyn.data.world_templates")
 
 
 # ----------------------------------------------------------------------------------- scratch models
@@ -61,15 +71,50 @@ def pretrain_config(model_cfg: Mapping[str, Any]):
     """The composed ``experiment=tiny_pretrain`` config this tiny model is (or will be) built from."""
     from kdyn.config import compose_config
 
-    overrides = ["experiment=tiny_pretrain", "logger=csv", *[str(o) for o in (model_cfg.get("pretrain_overrides") or [])]]
+    overrides = ["experiment=tiny_pretrain", "logger=csv"]
+    seed = model_cfg.get("pretrain_seed")
+    if seed is not None:  # a different organism: other initial weights and another data order
+        try:
+            seed = int(seed)
+        except (TypeError, ValueError):
+            raise KdynError(f"model.pretrain_seed={seed!r} is not an integer; use e.g. model.pretrain_seed=1") from None
+        overrides += [f"seed={seed}", f"model.init_seed={seed}"]
+    overrides += [str(o) for o in (model_cfg.get("pretrain_overrides") or [])]
     return compose_config("train", overrides)
 
 
-def fingerprint(pretrain_cfg) -> str:
+def build_environment() -> dict[str, str]:
+    """What of the software and machine shapes the trajectory's bytes (part of its fingerprint)."""
+    import importlib
+    import importlib.metadata
+    import inspect
+    import platform
+
+    import torch
+
+    env = {}
+    for name in _SHAPING_LIBRARIES:
+        try:
+            env[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            env[name] = "absent"
+    env["python"] = ".".join(platform.python_version_tuple()[:2])
+    env["machine"] = platform.machine()
+    env["torch_cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
+    source = "".join(inspect.getsource(importlib.import_module(m)) for m in _WORLD_MODULES)
+    env["world_generator"] = hashlib.sha256(source.encode()).hexdigest()[:12]
+    return env
+
+
+def fingerprint(pretrain_cfg, environment: Mapping[str, str] | None = None) -> str:
     picked = {}
     for key in _FINGERPRINT_KEYS:
         node = OmegaConf.select(pretrain_cfg, key)
-        picked[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in _NOT_FINGERPRINTED}
+        picked[key] = value
+    picked["environment"] = dict(build_environment() if environment is None else environment)
     blob = json.dumps(picked, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:10]
 
@@ -118,7 +163,7 @@ def _build_trajectory(cfg, folder: Path) -> None:
     if record is None:
         raise KdynError(f"pretraining the tiny model finished but wrote no {TRAJECTORY_FILE} in {staging}")
     record.update(fingerprint=folder.name.removeprefix("tiny-"), build_seconds=round(time.time() - start, 1),
-                  config=OmegaConf.to_container(cfg, resolve=True))
+                  environment=build_environment(), config=OmegaConf.to_container(cfg, resolve=True))
     (staging / TRAJECTORY_FILE).write_text(json.dumps(record, indent=2))
     staging.rename(folder)
     log.info("tiny model trajectory ready in %.0f s: %s", time.time() - start, folder)
