@@ -43,7 +43,11 @@ def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask
     if labels is None:
         labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -100)
     # Shift the labels, not the logits: slicing [B, T, V] logits would copy them (and their gradient).
-    targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+    # Labels one token longer than the inputs carry the last position's target (GPT-NeoX's 2,049-token rows).
+    if labels.size(1) == logits.size(1) + 1:
+        targets = labels[:, 1:]
+    else:
+        targets = F.pad(labels[:, 1:], (0, 1), value=-100)
     n_targets = (targets != -100).sum()
     flat = logits.reshape(-1, logits.size(-1))
     loss = F.cross_entropy(flat if flat.dtype == torch.float32 else flat.float(), targets.reshape(-1),

@@ -72,6 +72,12 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     _check_launch(trainer)
     _set_run_length(trainer, datamodule)
     plan = _injection_plan(cfg, loaded.tokenizer, trainer, datamodule)
+    if hasattr(datamodule.rows, "check_vocabulary"):  # corpus=pretraining: token ids read from files
+        datamodule.rows.check_vocabulary(loaded.model.get_input_embeddings().num_embeddings)
+        if datamodule.rows.label_token:  # the last transform: injection writes into the whole rows first
+            from kdyn.data.pretraining import split_label_token
+
+            datamodule.transforms.append(split_label_token)
 
     # 2. Train (resuming when this run folder already holds a checkpoint of the same config).
     ckpt = resume_path(cfg)

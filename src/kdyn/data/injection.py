@@ -118,7 +118,7 @@ class InjectionPlan:
                 if self.mode == "replace":
                     ids[local, :n] = knowledge
                 else:
-                    ids[local] = torch.cat([knowledge, ids[local, : self.seq_len - n]])
+                    ids[local] = torch.cat([knowledge, ids[local, : ids.shape[1] - n]])  # rows may hold a label token
         return batch
 
 

@@ -1,17 +1,24 @@
 """Corpora made of consecutive periods (``corpus=temporalwiki``): one training segment per period.
 
 The periods come from TWiki-Probes (real, ``corpus.source=twiki``) or from the embedded world's
-updates (``corpus.source=synthetic``). Each period's training text is its changed facts verbalised
-as sentences — a knowledge-injection **stand-in** for TemporalWiki's multi-GB Wikipedia diffsets,
-not real Wikipedia drift — plus optional Mix-Review replay of unchanged facts or base-corpus text.
+updates (``corpus.source=synthetic``). By default each period's training text is its changed facts
+verbalised as sentences — a knowledge-injection **stand-in** for TemporalWiki's multi-GB Wikipedia
+diffsets, not real Wikipedia drift. ``corpus.periods.<name>.path=FILE`` (``.jsonl``/``.txt``, read like
+``corpus=text``) trains that period on the file's documents instead (e.g. the real diffset), while
+the period's probes stay the evaluation. Either way optional Mix-Review replay of unchanged facts or
+base-corpus text is mixed in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kdyn.errors import KdynError
+
+log = logging.getLogger(__name__)
 
 SEGMENTED_CORPORA = ("temporalwiki",)
 
@@ -27,8 +34,11 @@ def load_periods(corpus: Mapping[str, Any]) -> list:
     source = corpus.get("source", "synthetic")
     caps = dict(max_changed=corpus.get("max_changed"), max_unchanged=corpus.get("max_unchanged"),
                 seed=int(corpus.get("seed", 0)))
+    chosen = corpus.get("periods")
+    if isinstance(chosen, Mapping):  # {name: {path: FILE}}: every period, some trained on files
+        chosen = None
     if source == "twiki":
-        periods = load_twiki_periods(corpus.get("path"), corpus.get("periods"), **caps)
+        periods = load_twiki_periods(corpus.get("path"), chosen, **caps)
     elif source == "synthetic":
         periods = synthetic_periods(corpus.get("world") or {}, n_periods=int(corpus.get("n_periods", 4)),
                                     seed=int(corpus.get("seed", 0)))
@@ -49,9 +59,13 @@ def segment_documents(corpus: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
 
         replay_docs = load_documents(dict(corpus.get("replay_corpus") or {"name": "synthetic"}))
     out = []
-    for period in load_periods(corpus):
+    periods = load_periods(corpus)
+    files = period_files(corpus, [p.name for p in periods])
+    for period in periods:
         # synthetic periods come with the world's own paragraphs; real TWiki rows are verbalised
         text = corpus.get("text") or ("documents" if getattr(period, "origin", "twiki") == "synthetic" else "verbalized")
+        if period.name in files:  # the period's own text (e.g. its diffset) replaces the stand-in
+            period, text = dataclasses.replace(period, documents=tuple(files[period.name]())), "documents"
         docs = training_documents(period, source=text, replay_unchanged=float(corpus.get("replay_unchanged", 0.0)),
                                   replay_documents=replay_docs, replay_fraction=float(corpus.get("replay_base", 0.0)),
                                   seed=int(corpus.get("seed", 0)))
@@ -59,3 +73,43 @@ def segment_documents(corpus: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
             raise KdynError(f"period {period.name} has no training text (no changed facts?)")
         out.append((period.name, docs))
     return out
+
+
+def period_files(corpus: Mapping[str, Any], names: list[str]) -> dict[str, Callable[[], list[str]]]:
+    """``corpus.periods.<name>.path`` → {period: reader of its documents}; paths are checked now.
+
+    Each entry is read like ``corpus=text`` (`kdyn.data.corpora`): ``.jsonl`` (``text_field``, default
+    ``text``) or ``.txt`` (``txt_split``: paragraph | line | file).
+    """
+    from kdyn.data.corpora import _require_file
+
+    node = corpus.get("periods")
+    if not isinstance(node, Mapping):
+        return {}
+    readers: dict[str, Callable[[], list[str]]] = {}
+    for name, entry in node.items():
+        name = str(name)
+        if name not in names:
+            raise KdynError(f"corpus.periods.{name}: unknown period; periods: {', '.join(names)}")
+        entry = {"path": entry} if isinstance(entry, str) else dict(entry or {})
+        if not entry.get("path"):
+            continue
+        key = f"corpus.periods.{name}.path"
+        path = _require_file(entry["path"], key)
+        text_node = {"name": "text", "path": str(path), "text_field": entry.get("text_field", "text"),
+                     "txt_split": entry.get("txt_split", "paragraph")}
+        readers[name] = lambda text_node=text_node, key=key: _documents(text_node, key)
+    if readers:
+        stand_in = [n for n in names if n not in readers]
+        log.info("corpus=temporalwiki: periods trained on files: %s%s", ", ".join(readers),
+                 f"; on the verbalised stand-in: {', '.join(stand_in)}" if stand_in else "")
+    return readers
+
+
+def _documents(text_node: Mapping[str, Any], key: str) -> list[str]:
+    from kdyn.data.corpora import load_documents
+
+    try:
+        return load_documents(text_node)
+    except KdynError as e:
+        raise KdynError(f"{key}: {e}") from None
