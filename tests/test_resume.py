@@ -1,5 +1,6 @@
-"""Runs are resumable: a SIGTERM mid-way saves last.ckpt, a rerun resumes and ends exactly like an
-uninterrupted run; a checkpoint of another config is never resumed; skip_completed skips."""
+"""Runs are resumable: a SIGTERM mid-way saves last.ckpt (and exits 143 with results.json "interrupted"), a
+rerun resumes and ends exactly like an uninterrupted run (every metrics row, every weight), also after a
+second preemption; a checkpoint of another config is never resumed; skip_completed skips."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def test_sigterm_then_rerun_matches_an_uninterrupted_run(saved_models, corpus_js
     with pytest.raises(SystemExit):
         train(compose_cfg("train", args, interrupted), extra_callbacks=[SigtermAt(5)])
     assert (interrupted / "checkpoints" / "last.ckpt").is_file()
-    assert not (interrupted / "results.json").exists()  # an unfinished run has no results
+    assert json.loads((interrupted / "results.json").read_text())["status"] == "interrupted"
 
     resumed = train(compose_cfg("train", args, interrupted))
     assert resumed["steps_this_session"] == 3
@@ -83,3 +84,61 @@ def test_skip_completed_returns_the_saved_results_without_training(saved_models,
     assert "skipping" in capsys.readouterr().out
     assert again["final_loss"] == first["final_loss"]
     assert (tmp_path / "run" / "results.json").stat().st_mtime == mtime
+
+
+def _metric_rows(path: Path) -> list[tuple]:
+    """Every metrics.csv row as (step, ((key, value), …)) with empty cells left out, in file order."""
+    out = []
+    for row in _rows(path):
+        cells = tuple(sorted((k, float(v)) for k, v in row.items() if v not in ("", None) and k != "step"))
+        out.append((int(float(row["step"])), cells))
+    return out
+
+
+def _final_weights(run: Path) -> dict:
+    import torch
+
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_preempted_twice_matches_an_uninterrupted_run_row_for_row(saved_models, corpus_jsonl, tmp_path):
+    """SIGTERM, resume, SIGTERM again, resume: one last.ckpt that always holds the newest step, exit
+    status 143 at each preemption, every metrics row and every weight equal to an uninterrupted run."""
+    import torch
+
+    args = _args(saved_models, corpus_jsonl)
+    straight = train(compose_cfg("train", args, tmp_path / "straight"))
+
+    run = tmp_path / "preempted"
+    for stop_at in (3, 6):
+        with pytest.raises(SystemExit) as info:
+            train(compose_cfg("train", args, run), extra_callbacks=[SigtermAt(stop_at)])
+        assert info.value.code == 143
+        ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+        assert ckpts == ["last.ckpt"], ckpts
+        from kdyn.train import checkpoint_step
+
+        assert checkpoint_step(str(run / "checkpoints" / "last.ckpt")) == stop_at
+        marker = json.loads((run / "results.json").read_text())
+        assert marker["status"] == "interrupted" and marker["steps"] == stop_at
+    resumed = train(compose_cfg("train", args, run))
+    assert resumed["status"] == "completed"
+    assert resumed["steps_this_session"] == 2
+    for key in ("steps", "tokens_seen", "final_loss", "final_loss_mean10", "first_loss"):
+        assert resumed[key] == straight[key], key
+    assert _metric_rows(run / "metrics.csv") == _metric_rows(tmp_path / "straight" / "metrics.csv")
+    assert _rows(run / "probes.csv") == _rows(tmp_path / "straight" / "probes.csv")
+    a, b = _final_weights(tmp_path / "straight"), _final_weights(run)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_rerunning_a_finished_run_trains_nothing(saved_models, corpus_jsonl, tmp_path):
+    args = [*_args(saved_models, corpus_jsonl), "trainer.max_steps=3", "inject.enabled=false"]
+    first = train(compose_cfg("train", args, tmp_path / "run"))
+    rows = _metric_rows(tmp_path / "run" / "metrics.csv")
+    again = train(compose_cfg("train", args, tmp_path / "run"))
+    assert again["steps"] == 3 and again["steps_this_session"] == 0
+    assert again["final_loss"] == first["final_loss"] and again["tokens_seen"] == first["tokens_seen"]
+    assert _metric_rows(tmp_path / "run" / "metrics.csv") == rows

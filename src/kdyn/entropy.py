@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from kdyn.config import CONF_DIR, to_plain
 from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
 from kdyn.utils.io import atomic_write_json
+from kdyn.validation import validate_config
 
 log = logging.getLogger("kdyn.entropy")
 
@@ -36,8 +37,6 @@ def measure_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict
     from kdyn.models.ffn import locate_ffn
     from kdyn.models.loading import load_model
     from kdyn.models.provenance import model_record
-
-    from kdyn.validation import validate_config
 
     validate_config(cfg, "entropy")
     state = state or RunStarted()

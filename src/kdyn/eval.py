@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from kdyn.config import CONF_DIR, chosen_groups, to_plain
 from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
 from kdyn.utils.io import atomic_write_json, write_csv
+from kdyn.validation import validate_config
 
 
 def evaluate(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]:
@@ -34,8 +35,6 @@ def evaluate(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]
     )
     from kdyn.models.loading import context_length, load_model
     from kdyn.models.provenance import model_record
-
-    from kdyn.validation import validate_config
 
     validate_config(cfg, "eval")
     state = state or RunStarted()

@@ -2,8 +2,10 @@
 
 Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when it starts. kdyn resumes runs in
 their own folder, so this subclass reads the earlier rows first and writes back those measured up to
-the checkpoint it resumes from (Lightning's own ``train/*`` rows only below that step: the batch of the
-checkpoint's step is trained again).
+the checkpoint it resumes from: every row of a step below it, and the rows of the checkpoint's own step
+that were logged before the checkpoint was saved (kdyn's ``log_scalars`` rows: learning rate, tokens,
+entropy, probes). Lightning's own rows (``self.log``: ``train/loss``, with an ``epoch`` column) of that
+step belong to the batch trained *after* the checkpoint, which the resumed run trains and logs again.
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ def _keep(row: dict, step: int) -> bool:
         return False
     if row_step > step:
         return False
-    if row_step == step:  # Lightning's train/* rows of step s belong to batch s, trained after the checkpoint
-        return not any(k.startswith("train/") and v not in ("", None) for k, v in row.items())
+    if row_step == step:  # Lightning's rows of step s (they carry "epoch") belong to batch s, trained again
+        return row.get("epoch") in ("", None)
     return True
 
 

@@ -127,6 +127,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[A
     try:
         return instantiate(
             params,
+            plugins=_with_atomic_checkpoints(params.pop("plugins", None)),
             callbacks=callbacks,
             logger=loggers or False,
             default_root_dir=str(cfg.paths.output_dir),
@@ -136,6 +137,17 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[A
         )
     except Exception as e:
         raise _unwrap(e, "trainer") from None
+
+
+def _with_atomic_checkpoints(plugins: Any) -> list[Any]:
+    """The configured Trainer plugins (built), plus atomic checkpoint writes unless one sets its own CheckpointIO."""
+    from kdyn.utils.atomic_checkpoint import AtomicCheckpointIO
+
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    plugins = [instantiate(p) if isinstance(p, dict) and "_target_" in p else p for p in plugins]
+    if any("CheckpointIO" in type(p).__name__ for p in plugins):
+        return plugins
+    return [*plugins, AtomicCheckpointIO()]
 
 
 def build_strategy(params: dict, model: Any) -> Any:

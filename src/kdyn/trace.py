@@ -24,6 +24,7 @@ from kdyn.config import CONF_DIR, to_plain
 from kdyn.errors import KdynError
 from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
 from kdyn.utils.io import atomic_write_json
+from kdyn.validation import validate_config
 
 log = logging.getLogger("kdyn.trace")
 
@@ -42,8 +43,6 @@ def trace_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict[s
     from kdyn.models.ffn import locate_ffn, parameter_groups_by_layer
     from kdyn.models.loading import load_model
     from kdyn.models.provenance import model_record
-
-    from kdyn.validation import validate_config
 
     validate_config(cfg, "trace")
     state = state or RunStarted()

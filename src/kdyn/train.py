@@ -16,12 +16,14 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from kdyn.config import CONF_DIR, chosen_groups, to_plain
-from kdyn.errors import KdynError
+from kdyn.errors import EXIT_INTERRUPTED, KdynError
 from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
 from kdyn.utils.io import atomic_write_json, write_csv
+from kdyn.validation import validate_config
 
 log = logging.getLogger("kdyn.train")
 
@@ -45,8 +47,6 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
         record_config,
         resume_path,
     )
-
-    from kdyn.validation import validate_config
 
     validate_config(cfg, "train")
     state = state or RunStarted()
@@ -96,14 +96,17 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
         for logger in loggers:
             if isinstance(logger, ResumableCSVLogger):
                 logger.keep_rows_until(step)
+    preempted = False
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
+    except SIGTERMException:  # PreemptionCheckpoint saved last.ckpt: report it, then exit EXIT_INTERRUPTED
+        preempted = True
     finally:
         finish_loggers(loggers)
 
     # 3. Summarise.
     results = {
-        "status": "completed" if not trainer.interrupted else "interrupted",
+        "status": "interrupted" if preempted or trainer.interrupted else "completed",
         **summary.summary(module, trainer),
         "wall_time_s": round(time.time() - started, 2),
         "groups": groups,
@@ -115,7 +118,7 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
         "output_dir": str(out),
     }
     extra_rows = []
-    if datamodule.segment_rows is not None and trainer.is_global_zero:
+    if datamodule.segment_rows is not None and trainer.is_global_zero and not preempted:
         from kdyn.callbacks.periods import summarize_table
 
         results["temporalwiki"] = summarize_table(out / "temporalwiki.csv")
@@ -124,7 +127,7 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
                                f"(object {values.get('C_ppl_object', float('nan')):.2f}), UnC_ppl "
                                f"{values.get('UnC_ppl_full', float('nan')):.2f} "
                                f"(object {values.get('UnC_ppl_object', float('nan')):.2f})"))
-    if plan is not None and trainer.is_global_zero:
+    if plan is not None and trainer.is_global_zero and not preempted:
         from kdyn.metrics.knowledge_summary import headline_rows, summarize_run
 
         results["injection"] = plan.describe()
@@ -134,9 +137,16 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
             log.warning("knowledge metrics not computed: %s", e)
             results["knowledge"] = {"error": str(e)}
         extra_rows = headline_rows(results["knowledge"] or {})
+    if preempted:  # results.json says so (kdyn-report: interrupted); the exit status tells the scheduler
+        results["interrupted"] = {"signal": "SIGTERM", "checkpoint": str(out / "checkpoints" / "last.ckpt"),
+                                  "exit_code": EXIT_INTERRUPTED, "resume": "rerun the same command or requeue the job"}
+        extra_rows = [("resume", f"stopped by SIGTERM after step {results['steps']}; checkpoint saved: rerun the "
+                                 "same command (or requeue) to continue")]
     if trainer.is_global_zero:
         atomic_write_json(out / "results.json", results)
         print_summary("kdyn-train", results, extra_rows)
+    if preempted:
+        raise SystemExit(EXIT_INTERRUPTED)
     return results
 
 

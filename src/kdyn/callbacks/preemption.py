@@ -3,8 +3,11 @@ limit), so a requeued or rerun job resumes exactly where this one stopped.
 
 Lightning turns SIGTERM into an exception at the end of the current optimizer step (after every
 callback of that step ran), which reaches ``on_exception`` on every rank; the checkpoint is saved
-there, collectively, before the process exits. Nothing else is written: ``results.json`` only
-exists for finished runs, so ``kdyn-report`` lists the run as incomplete (resumable).
+there, collectively, before the process exits. ``kdyn-train`` then writes ``results.json`` with
+``"status": "interrupted"`` (``kdyn-report`` lists the run as interrupted, resumable) and exits with
+status 143 (:data:`kdyn.errors.EXIT_INTERRUPTED`). The checkpoint is written atomically (temporary
+name, then rename: :class:`kdyn.utils.atomic_checkpoint.AtomicCheckpointIO`) over the one ``last.ckpt``
+that ``ModelCheckpoint`` also writes (``enable_version_counter: false``), so it always holds the newest step.
 """
 
 from __future__ import annotations

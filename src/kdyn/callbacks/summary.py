@@ -25,7 +25,7 @@ class RunSummary(pl.Callback):
         self._first: torch.Tensor | None = None
         self.start_time: float | None = None
         self.end_time: float | None = None
-        self.start_step = 0
+        self.start_step: int | None = None  # None: this session trained nothing (a finished run rerun)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.start_time = time.perf_counter()
@@ -71,7 +71,7 @@ class RunSummary(pl.Callback):
         tokens = int(pl_module.tokens_seen.item())
         return {
             "steps": int(trainer.global_step),
-            "steps_this_session": int(trainer.global_step - self.start_step),
+            "steps_this_session": 0 if self.start_step is None else int(trainer.global_step - self.start_step),
             "final_loss": recent[-1] if recent else None,
             "final_loss_mean10": sum(recent) / len(recent) if recent else None,
             "first_loss": self.first_loss,

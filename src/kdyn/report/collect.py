@@ -6,6 +6,8 @@ depth and loads each into a :class:`Run`:
 
 * ``results.json`` (``kdyn-train``) and/or ``entropy.json`` (``kdyn-entropy``): the results;
 * ``error.json``: a multirun job that failed on bad input (``status=failed``);
+* ``results.json`` with ``status=interrupted``: stopped by SIGTERM (exit 143) after saving
+  ``checkpoints/last.ckpt`` (resumable);
 * none of these: ``status=incomplete`` (crashed, killed or still running; resumable when
   ``checkpoints/last.ckpt`` exists);
 * a result file that is not valid JSON (or a config that is not valid YAML): ``status=unreadable``
@@ -277,6 +279,11 @@ def load_run(path: str | Path) -> Run:
         run.status = bad[0] if bad else "completed"
         if error_data is not None and bad:
             run.error = str(error_data.get("error") or "")
+        if run.status == "interrupted":  # kdyn-train stopped by SIGTERM (exit 143) after saving last.ckpt
+            run.resumable = (path / LAST_CKPT).is_file()
+            step = (run.results or {}).get("steps")
+            run.error = (f"stopped by SIGTERM after step {step}" + ("; has last.ckpt: resumable (rerun or requeue)"
+                                                                     if run.resumable else ""))
     elif error_data is not None:
         run.status = str(error_data.get("status") or "failed")
         run.error = str(error_data.get("error") or "failed (error.json holds no message)")
