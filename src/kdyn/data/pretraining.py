@@ -241,8 +241,9 @@ class PretrainingRows:
 
     def __init__(self, instances: InstanceFiles, *, order: np.ndarray | None = None, first: int = 0,
                  label_token: bool = False, vocab_size: int | None = None, source: str = "",
-                 order_path: Path | None = None):
+                 order_path: Path | None = None, start_step: int = 0, original_batch: int | None = None):
         self.instances, self.order, self.first = instances, order, int(first)
+        self.start_step, self.original_batch = start_step, original_batch
         self.seq_len = instances.length
         self.label_token = label_token
         self.vocab_size = vocab_size
@@ -282,6 +283,17 @@ class PretrainingRows:
             raise KdynError(f"{path}: token id {token} in instance {int(ids[r])} (token offset {offset}) is outside "
                             f"the model's vocabulary of {self.vocab_size}: the data was tokenised for another model, "
                             f"or corpus.dtype/corpus.format is wrong")
+
+    def note_global_batch(self, global_batch: int) -> None:
+        """Say how kdyn's steps map onto the original run's (one log line)."""
+        start, batch = self.start_step, self.original_batch
+        if not batch or global_batch == batch:
+            log.info("corpus=pretraining: kdyn step s trains on the original batch of step %d + s", start)
+        else:
+            log.warning("corpus=pretraining: kdyn's global batch (data.batch_size × devices × accumulation = %d) is not "
+                        "corpus.global_batch_size=%d: the instances come in the original order, but kdyn step s "
+                        "reads instances %d + s·%d onwards, not the original step %d + s; make the two equal to "
+                        "train on the original steps", global_batch, batch, start * batch, global_batch, start)
 
     def check_vocabulary(self, vocab_size: int, rows: int = 64) -> None:
         """Check every later batch against ``vocab_size``, and the first ``rows`` rows now (fail before training)."""
@@ -356,7 +368,8 @@ def open_pretraining_rows(corpus: Mapping[str, Any], data: Mapping[str, Any],
                         f"{steps} steps of corpus.global_batch_size={batch} (start_step 0..{max(0, steps - 1)})")
     vocab = vocab_size if vocab_size is not None else corpus.get("vocab_size")
     table = PretrainingRows(instances, order=order, first=first, label_token=length == seq_len + 1,
-                            vocab_size=int(vocab) if vocab else None, source=source, order_path=order_path)
+                            vocab_size=int(vocab) if vocab else None, source=source, order_path=order_path,
+                            start_step=start_step, original_batch=int(batch) if batch else None)
     table.instance_ids(np.arange(min(ORDER_CHECK, len(table))))  # the first steps' order entries, now
     log.info("corpus=pretraining: %s, %d instances of %d tokens%s; row 0 = instance position %d (start_step %d × %s)",
              source, len(instances), length, f" in the order of {order_path}" if order_path else "", first,
