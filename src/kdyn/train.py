@@ -74,7 +74,8 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     plan = _injection_plan(cfg, loaded.tokenizer, trainer, datamodule)
     if hasattr(datamodule.rows, "check_vocabulary"):  # corpus=pretraining: token ids read from files
         datamodule.rows.check_vocabulary(loaded.model.get_input_embeddings().num_embeddings)
-        datamodule.rows.note_global_batch(int(cfg.data.batch_size) * trainer.world_size * trainer.accumulate_grad_batches)
+        per_step = int(cfg.data.batch_size) * trainer.world_size * trainer.accumulate_grad_batches
+        datamodule.rows.note_global_batch(per_step)
         if datamodule.rows.label_token:  # the last transform: injection writes into the whole rows first
             from kdyn.data.pretraining import split_label_token
 
