@@ -23,6 +23,7 @@ from kdyn.config import CONF_DIR, chosen_groups, to_plain
 from kdyn.errors import EXIT_INTERRUPTED, KdynError
 from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
 from kdyn.utils.io import atomic_write_json, write_csv
+from kdyn.utils.run_folder import start_over
 from kdyn.validation import validate_config
 
 log = logging.getLogger("kdyn.train")
@@ -82,6 +83,10 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
             datamodule.transforms.append(split_label_token)
 
     # 2. Train (resuming when this run folder already holds a checkpoint of the same config).
+    if not cfg.get("resume", True) and trainer.is_global_zero:  # start over: an earlier run's files move aside
+        moved = start_over(out)
+        if moved is not None:
+            log.info("resume=false: moved the earlier run's files to %s", moved)
     ckpt = resume_path(cfg)
     state.started = True
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +178,13 @@ def _check_launch(trainer) -> None:
 
 def checkpoint_step(path: str) -> int:
     """The global step of a Lightning checkpoint, read without loading its tensors."""
-    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
+    try:
+        return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
+    except Exception as e:  # noqa: BLE001 - truncated, corrupted or not a Lightning checkpoint
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise KdynError(f"cannot read the checkpoint {path} ({reason}): it is truncated or corrupted (a job killed "
+                        "while saving?); start over with resume=false (the earlier files move to replaced/<time>/) "
+                        "or delete the file") from None
 
 
 def _set_run_length(trainer, datamodule) -> None:
