@@ -176,7 +176,7 @@ def _block_classes(model: Any) -> set[type]:
 
 
 # Keys that may differ between the attempts of one run without changing what it computes.
-_VOLATILE = ("paths", "hydra", "run_id", "sweep_id", "skip_completed", "resume", "threads", "logger",
+_VOLATILE = ("paths", "hydra", "run_id", "sweep_id", "skip_completed", "resume", "threads", "logger", "sweep",
              "trainer.enable_progress_bar", "callbacks.progress", "callbacks.checkpoint.every_n_train_steps")
 RUN_CONFIG = "run_config.json"
 

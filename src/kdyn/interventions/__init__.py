@@ -3,6 +3,7 @@
 Every intervention is a small class registered under its config name. ``kdyn-train`` builds the
 chosen one from the ``intervention`` node and calls, in this order:
 
+0. ``check()`` — the parameters alone, no model (also run for every job before a sweep starts).
 1. ``apply(ctx)`` — after the model is loaded and *before* the optimizer is built: edit weights
    (resuscitate), freeze parameters with ``requires_grad_(False)`` (localize, freeze), or set
    per-parameter learning-rate multipliers on ``ctx.module.lr_multipliers`` (localize_alr). It
@@ -46,6 +47,10 @@ class Intervention:
 
     def __init__(self, **params: Any):
         self.params = params
+
+    def check(self) -> None:
+        """Refuse missing or unusable parameters (one-line :class:`KdynError`) without a model: called by
+        ``apply`` and before a sweep launches any job (`kdyn.sweep`)."""
 
     def apply(self, ctx: InterventionContext) -> dict[str, Any]:
         return {"name": self.name}

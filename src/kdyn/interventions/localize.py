@@ -64,19 +64,26 @@ class Localize(Intervention):
         self.layer_stats, self.set_name, self.rule = layer_stats, set_name, rule
         self.k, self.layers, self.seed, self.split, self.train_other = k, layers, seed, split, train_other
 
+    def check(self) -> None:
+        from kdyn.interventions.layer_selection import load_layer_stats
+
+        if self.rule == "explicit" and not self.layers:
+            raise KdynError("intervention.rule=explicit needs intervention.layers=[layer_0,...]")
+        if self.rule != "explicit" and not self.layer_stats:
+            raise KdynError(f"intervention=localize with rule={self.rule} needs intervention.layer_stats=PATH "
+                            "(a kdyn-trace run folder or its layer_stats.json)")
+        if self.layer_stats:
+            load_layer_stats(self.layer_stats)
+
     def apply(self, ctx: InterventionContext) -> dict[str, Any]:
         from kdyn.interventions.layer_selection import load_layer_stats, select_layers
 
+        self.check()
         if self.rule == "explicit":
             stats = load_layer_stats(self.layer_stats) if self.layer_stats else None
-            if not self.layers:
-                raise KdynError("intervention.rule=explicit needs intervention.layers=[layer_0,...]")
             chosen = (select_layers(stats, self.set_name, rule="explicit", layers=self.layers) if stats
                       else [str(x) if not isinstance(x, int) else f"layer_{x}" for x in self.layers])
         else:
-            if not self.layer_stats:
-                raise KdynError(f"intervention=localize with rule={self.rule} needs intervention.layer_stats=PATH "
-                                "(a kdyn-trace run folder or its layer_stats.json)")
             stats = load_layer_stats(self.layer_stats)
             chosen = select_layers(stats, self.set_name, rule=self.rule, k=self.k, layers=self.layers, seed=self.seed)
         split = stats.get("granularity", self.split) if stats else self.split
@@ -95,9 +102,12 @@ class Freeze(Intervention):
         super().__init__()
         self.layers, self.split, self.freeze_other = list(layers or []), split, freeze_other
 
-    def apply(self, ctx: InterventionContext) -> dict[str, Any]:
+    def check(self) -> None:
         if not self.layers:
             raise KdynError("intervention=freeze needs intervention.layers=[layer_0,...] (the layers to freeze)")
+
+    def apply(self, ctx: InterventionContext) -> dict[str, Any]:
+        self.check()
         groups = _groups(ctx, self.split)
         trained = [g for g in groups if g != "other" and g not in self.layers]
         unknown = sorted(set(self.layers) - set(groups))
@@ -119,12 +129,18 @@ class LocalizeALR(Intervention):
         self.layer_stats, self.set_name, self.clip = layer_stats, set_name, tuple(clip)
         self.split, self.other_multiplier = split, float(other_multiplier)
 
-    def apply(self, ctx: InterventionContext) -> dict[str, Any]:
-        from kdyn.interventions.layer_selection import alr_multipliers, load_layer_stats
+    def check(self) -> None:
+        from kdyn.interventions.layer_selection import load_layer_stats
 
         if not self.layer_stats:
             raise KdynError("intervention=localize_alr needs intervention.layer_stats=PATH "
                             "(a kdyn-trace run folder or its layer_stats.json)")
+        load_layer_stats(self.layer_stats)
+
+    def apply(self, ctx: InterventionContext) -> dict[str, Any]:
+        from kdyn.interventions.layer_selection import alr_multipliers, load_layer_stats
+
+        self.check()
         stats = load_layer_stats(self.layer_stats)
         split = stats.get("granularity", self.split)
         multipliers = alr_multipliers(stats, self.set_name, clip=self.clip)

@@ -13,7 +13,6 @@ from omegaconf import DictConfig
 
 from kdyn.errors import KdynError
 from kdyn.utils.io import atomic_write_json
-from kdyn.utils.run_folder import LOCK_FILE, OWNER_FILE, RunFolderBusy, RunFolderLock
 
 log = logging.getLogger("kdyn")
 
@@ -43,30 +42,31 @@ def run_entry(tool: str, task: Callable[[DictConfig, RunStarted], Any], cfg: Dic
 
         return json.loads(done.read_text())
     try:
-        with _hold_run_folder(cfg):
-            return task(cfg, state)
-    except KdynError as e:
-        out = _output_dir()
+        return task(cfg, state)
+    except Exception as e:
         multirun = _is_multirun()
-        if out is not None and multirun and not isinstance(e, RunFolderBusy):
-            atomic_write_json(out / "error.json", {"status": "failed", "error": str(e), "tool": tool})
-        elif out is not None and not state.started and not isinstance(e, RunFolderBusy):
+        if not multirun and not isinstance(e, KdynError):
+            raise  # a bug in a single run: the full traceback
+        out = _output_dir()
+        message = str(e) if isinstance(e, KdynError) else f"{type(e).__name__}: {' '.join(str(e).split())}"
+        if out is not None and multirun:  # a sweep goes on; its summary and kdyn-report list this job
+            _log_to_file(f"{tool}: job failed: {message}", None if isinstance(e, KdynError) else e)
+            atomic_write_json(out / "error.json", {"status": "failed", "error": message, "tool": tool})
+        elif out is not None and not state.started:
             _remove_if_fresh(out)
-        print(f"{tool}: error: {e}", file=sys.stderr, flush=True)
+        print(f"{tool}: error: {message}", file=sys.stderr, flush=True)
         if multirun:
             raise
         sys.exit(2)
 
 
-def _hold_run_folder(cfg: DictConfig):
-    """The run folder's lock (global rank 0 only: the other ranks of a DDP job share rank 0's folder)."""
-    import contextlib
-    import os
-
-    out = cfg.get("paths", {}).get("output_dir") if hasattr(cfg, "get") else None
-    rank = next((int(os.environ[k]) for k in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "JSM_NAMESPACE_RANK")
-                 if os.environ.get(k, "").isdigit()), 0)
-    return RunFolderLock(str(out)) if out and rank == 0 else contextlib.nullcontext()
+def _log_to_file(message: str, error: BaseException | None) -> None:
+    """Write ``message`` (and the traceback of ``error``) to the job's log file only, not the console."""
+    exc_info = (type(error), error, error.__traceback__) if error is not None else None
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, exc_info)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _completed(cfg: DictConfig, result_file: str) -> Path | None:
@@ -109,7 +109,7 @@ def _remove_if_fresh(out: Path) -> None:
     """Delete a run folder that holds nothing but Hydra's own bookkeeping."""
     if not out.is_dir():
         return
-    bookkeeping = {".hydra", LOCK_FILE, OWNER_FILE}
+    bookkeeping = {".hydra"}
     extra = [p for p in out.iterdir() if p.name not in bookkeeping and p.suffix != ".log"]
     if not extra:
         logging.shutdown()
