@@ -82,7 +82,12 @@ def report(dirs: Sequence[str], out: str | None = None, fmt: str = "png", figure
     except OSError as e:
         raise KdynError(f"cannot create the output folder {out_dir}: {e.strerror or e}; pass another with --out") from None
 
-    written = [write_summary(runs, out_dir)]
+    from kdyn.report.integrity import duplicate_lines
+    from kdyn.report.seeds import format_seed_table, seed_groups, warning_lines, write_seed_summary
+
+    groups = seed_groups(runs)
+    seeds_csv, seed_rows = write_seed_summary(groups, out_dir)
+    written = [write_summary(runs, out_dir), seeds_csv]
     if figures:
         from kdyn.report.figures import make_figures
 
@@ -91,6 +96,15 @@ def report(dirs: Sequence[str], out: str | None = None, fmt: str = "png", figure
     counts = ", ".join(f"{len(g)} {s}" for s, g in count_statuses(runs).items())
     print(f"{PROG}: {len(runs)} run{'s' if len(runs) != 1 else ''} ({counts})")
     print(format_table(runs))
+    print()
+    if groups:
+        print(f"Over seeds (mean ± half-width of the 95% Student-t interval, n seeds) in {len(groups)} "
+              f"condition{'s' if len(groups) != 1 else ''}:")
+        print(format_seed_table(groups, seed_rows))
+    notes = warning_lines(groups) + duplicate_lines(runs)
+    if notes:
+        print()
+        print("\n".join(notes))
     print()
     for path in written:
         print(f"wrote {_display(path)}")

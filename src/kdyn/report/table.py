@@ -3,7 +3,9 @@
 Columns, in order:
 
 * identity: ``run_dir`` (absolute), ``run`` (short name), ``status``, ``kind``, ``error``,
-  ``sweep_dir``, ``job_num``, ``task_name``, ``model``, ``model_step``, ``corpus``, ``seed``;
+  ``sweep_dir``, ``job_num``, ``task_name``, ``model``, ``model_step``, ``corpus``, ``seed``,
+  ``condition`` and ``n_seeds`` (the runs it is pooled with over seeds, `kdyn.report.seeds`),
+  ``identical_weights_as`` (other steps of the model with the same weight hash, `kdyn.report.integrity`);
 * the chosen option of each config group (``group.model``, ``group.corpus``, … from
   ``.hydra/hydra.yaml``; kdyn's run groups first, then any others alphabetically);
 * ``overrides`` (the command-line overrides joined by spaces);
@@ -30,7 +32,7 @@ from kdyn.utils.io import atomic_write_text
 
 RUN_GROUPS = ("model", "corpus", "intervention", "trainer", "logger", "callbacks", "experiment")
 IDENTITY = ("run_dir", "run", "status", "kind", "error", "sweep_dir", "job_num", "task_name",
-            "model", "model_step", "corpus", "seed")
+            "model", "model_step", "corpus", "seed", "condition", "n_seeds", "identical_weights_as")
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -108,7 +110,17 @@ def format_cell(value: Any) -> str:
 
 
 def summary_csv(runs: Sequence[Run]) -> str:
+    from kdyn.report.integrity import duplicate_steps
+    from kdyn.report.seeds import group_of, seed_groups
+
     rows = [summary_row(r) for r in runs]
+    duplicates = duplicate_steps(runs)
+    groups = group_of(seed_groups(runs))
+    for run, row in zip(runs, rows):
+        if id(run) in groups:  # the condition this run is a seed of, and how many seeds it has
+            row["condition"], row["n_seeds"] = groups[id(run)].label, groups[id(run)].n_seeds
+        if id(run) in duplicates:
+            row["identical_weights_as"] = "steps " + " ".join(str(s) for s in duplicates[id(run)])
     columns = summary_columns(rows)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

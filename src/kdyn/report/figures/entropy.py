@@ -12,7 +12,10 @@
   in the run's colour —, then per-layer panels per run) and ``entropy_during_training.csv`` (tidy:
   run, label, metric, step, layer, entropy, run_dir).
 
-Several runs of one model at one step (e.g. seeds) are drawn as their mean, with each run as a dot.
+Several runs of one model at one step (e.g. seeds) are drawn as their mean, with each run as a dot
+and the 95% Student-t interval of the mean as a band; steps whose weights are identical to another
+step's (same ``model.weights_sha256``) are marked with a red ×. Training curves of runs that differ
+only in seed keys are drawn as their mean with a band.
 """
 
 from __future__ import annotations
@@ -123,6 +126,19 @@ def _mean_by_step(pairs: Sequence[tuple[float, float]]) -> tuple[list[float], li
     return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], any(len(v) > 1 for v in by_step.values())
 
 
+def _band(ax, pairs: Sequence[tuple[float, float]], color) -> None:
+    """Shade the 95% Student-t interval of the mean at each step measured more than once (seeds)."""
+    from kdyn.report.seeds import t_interval
+
+    by_step: dict[float, list[float]] = {}
+    for s, v in pairs:
+        by_step.setdefault(s, []).append(v)
+    band = [(s, iv.low, iv.high) for s in sorted(by_step) for iv in [t_interval(by_step[s])] if iv.low is not None]
+    if band:
+        ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band], color=color, alpha=0.2,
+                        lw=0)
+
+
 def _symlog_x(ax, steps: Sequence[float]) -> None:
     positive = [s for s in steps if s > 0]
     linthresh = min(positive) if positive else 1.0
@@ -162,6 +178,9 @@ def knowledge_entropy(runs: Sequence[Run], out_dir: str | Path, *, fmt: str = "p
     if not plotted:
         return written
 
+    from kdyn.report.integrity import duplicate_steps
+
+    duplicates = duplicate_steps([p.run for p in plotted])
     several_corpora = len({p.corpus for p in plotted}) > 1
     series: dict[tuple[str, str], list[EntropyPoint]] = {}
     for p in plotted:
@@ -182,6 +201,11 @@ def knowledge_entropy(runs: Sequence[Run], out_dir: str | Path, *, fmt: str = "p
         ax.plot(steps, means, marker="o", ms=4, color=color, label=label)
         if repeated:
             ax.scatter([float(p.step) for p in pts], [p.total for p in pts], s=10, color=color, alpha=0.4)  # type: ignore[arg-type]
+            _band(ax, [(float(p.step), p.total) for p in pts], color)  # type: ignore[arg-type]
+        flagged = [p for p in pts if id(p.run) in duplicates]
+        if flagged:
+            ax.plot([float(p.step) for p in flagged], [p.total for p in flagged], "x", color="red", ms=8, mew=1.5,  # type: ignore[arg-type]
+                    label="identical weights as another step")
         maxima = sorted({p.max_total for p in pts if p.max_total is not None})
         for j, m in enumerate(maxima):
             ax.axhline(m, color=color, ls="--", lw=1, alpha=0.7,
@@ -284,7 +308,18 @@ def entropy_during_training(runs: Sequence[Run], out_dir: str | Path, *, fmt: st
         ax.set_visible(False)
     ax = axes[0]
     styles = ["-", "--", ":", "-."]
+    from kdyn.report.seeds import group_of, seed_groups
+
+    seeds_of = group_of(seed_groups([run for run, _ in curves]))
+    pooled: set[str] = set()
     for i, (run, c) in enumerate(curves):
+        group = seeds_of.get(id(run))
+        if group is not None and group.n_seeds > 1:  # seeds of one condition: their mean and its interval
+            if group.key not in pooled:
+                pooled.add(group.key)
+                members = [cc for rr, cc in curves if seeds_of.get(id(rr)) is group]
+                _pooled_totals(ax, members, f"C{i % 10}", styles, f"{_short(group.label)} (mean of {group.n_seeds} seeds)")
+            continue
         metrics = [metric for metric, layer in c if layer == "total"]
         for j, metric in enumerate(metrics):
             steps, values = c[(metric, "total")]
@@ -312,9 +347,31 @@ def entropy_during_training(runs: Sequence[Run], out_dir: str | Path, *, fmt: st
     return written
 
 
+def _pooled_totals(ax, members: Sequence[Curves], color: str, styles: Sequence[str], label: str) -> None:
+    """Mean total entropy over seeds at each logged step, with its 95% Student-t band."""
+    from kdyn.report.seeds import t_interval
+
+    metrics = list(dict.fromkeys(metric for c in members for metric, layer in c if layer == "total"))
+    for j, metric in enumerate(metrics):
+        by_step: dict[float, list[float]] = {}
+        for c in members:
+            for x, v in zip(*c.get((metric, "total"), ([], []))):
+                by_step.setdefault(x, []).append(v)
+        steps = sorted(by_step)
+        intervals = [t_interval(by_step[x]) for x in steps]
+        suffix = "" if metric == "entropy" else f" [{metric.removeprefix('entropy_') or metric}]"
+        ax.plot(steps, [iv.mean for iv in intervals], ls=styles[j % len(styles)], color=color, label=label + suffix)
+        band = [(x, iv.low, iv.high) for x, iv in zip(steps, intervals) if iv.low is not None]
+        if band:
+            ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band], color=color, alpha=0.2,
+                            lw=0)
+
+
 def _legend(ax) -> None:
     """Inside the axes for a few lines, below them (never over the curves) for more."""
     n = len(ax.get_legend_handles_labels()[1])
+    if n == 0:  # nothing labelled: no legend (and no matplotlib warning)
+        return
     if n <= 3:
         ax.legend(fontsize=7)
     else:

@@ -5,8 +5,9 @@ p × q grid (Kim et al.).
   layer (cells above the set's mean marked), one panel per run.
 * ``resuscitation_grid.png`` + ``resuscitation_grid.csv`` — training runs with
   ``intervention=resuscitate``: acquisition A, forgetting F and effectivity (memorization probes,
-  averaged over scenarios) on a q × p grid, with the no-intervention runs of the same report listed
-  as reference values in the panel titles.
+  averaged over scenarios) on a q × p grid — the mean over the seeds of each cell, with ± the
+  half-width of its 95% Student-t interval and n when a cell has several seeds —, with the
+  no-intervention runs of the same report listed as reference values in the panel titles.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def _mem_mean(knowledge: dict[str, Any], key: str) -> float | None:
 
 def resuscitation_grid(runs: Sequence, out_dir: Path, *, fmt: str = "png") -> list[Path]:
     from kdyn.report.figures.knowledge import _knowledge
+    from kdyn.report.seeds import t_interval
 
     cells, baselines = [], []
     for run in runs:
@@ -90,11 +92,12 @@ def resuscitation_grid(runs: Sequence, out_dir: Path, *, fmt: str = "png") -> li
     ps = sorted({c["p"] for c in cells})
     fig, axes = new_figure(1, 3, panel_size=(4.2, 3.4))
     for ax, key in zip(axes, ("acquisition", "forgetting", "effectivity")):
-        values = defaultdict(lambda: float("nan"))
+        pooled: dict[tuple, list[float]] = defaultdict(list)  # the seeds of each cell
         for c in cells:
             if c[key] is not None:
-                values[(c["q"], c["p"])] = c[key]
-        matrix = [[values[(q, p)] for p in ps] for q in qs]
+                pooled[(c["q"], c["p"])].append(c[key])
+        intervals = {cell: t_interval(v) for cell, v in pooled.items()}
+        matrix = [[intervals[(q, p)].mean if (q, p) in intervals else float("nan") for p in ps] for q in qs]
         image = ax.imshow(matrix, aspect="auto", cmap="magma", origin="lower")
         ax.set_xticks(range(len(ps)), [str(p) for p in ps])
         ax.set_yticks(range(len(qs)), [str(q) for q in qs])
@@ -103,7 +106,9 @@ def resuscitation_grid(runs: Sequence, out_dir: Path, *, fmt: str = "png") -> li
         for i, row in enumerate(matrix):
             for j, value in enumerate(row):
                 if not math.isnan(value):
-                    ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=7, color="white")
+                    iv = intervals[(qs[i], ps[j])]
+                    text = f"{value:.3f}" + (f"\n±{iv.half_width:.3f} n={iv.n}" if iv.half_width is not None else "")
+                    ax.text(j, i, text, ha="center", va="center", fontsize=6 if iv.n > 1 else 7, color="white")
         base = ", ".join(f"step {b['step']}: {b[key]:.3f}" for b in sorted(baselines, key=lambda b: b["step"] or 0)
                          if b[key] is not None)
         ax.set_title(f"{key} (mem, mean over scenarios)\nno intervention: {base or 'n/a'}", fontsize=7)
