@@ -240,3 +240,103 @@ def test_a_token_id_beyond_the_model_vocabulary_is_refused(text_corpus, tokenize
     CorpusDataModule(text_corpus, data, tokenizer, vocab_size=len(tokenizer)).prepare_rows()  # fits
     with pytest.raises(KdynError, match=r"token id \d+, but the model's vocabulary has 100 entries"):
         CorpusDataModule(text_corpus, data, tokenizer, vocab_size=100).prepare_rows()
+
+
+# ----------------------------------------------------------------------------------- streamed corpora, no store
+@pytest.fixture
+def local_hub_corpus(corpus_jsonl, tmp_path) -> dict:
+    import datasets
+
+    texts = [json.loads(line)["text"] for line in corpus_jsonl.read_text().splitlines()]
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "hub"))
+    return {"name": "hub", "dataset": str(tmp_path / "hub"), "split": "train", "text_field": "text", "streaming": True,
+            "max_documents": None}
+
+
+@pytest.mark.parametrize("start", [1, 7])
+def test_a_streamed_corpus_resumes_from_its_saved_position_without_rereading(local_hub_corpus, tokenizer, monkeypatch,
+                                                                             start):
+    import kdyn.data.datamodule as dm
+
+    monkeypatch.setattr(dm, "ENCODE_CHUNK", 2)  # rows span several chunks
+    kwargs = dict(world_size=2, rank=1, accumulate=2, num_steps=10)
+    full = dm.StreamingTrainingStream(local_hub_corpus, tokenizer, SEQ, 3, **kwargs)
+    batches, saved = [], None
+    for batch in full:
+        batches.append(batch)
+        if int(batch["step"]) == start - 1 and saved is None:
+            saved = full.resume_state(start)  # what a checkpoint saved after step `start` holds
+    assert len(batches) == 10 * 2
+    # the stream as in-memory packing would cut it: rows of rank 1, micro-batches of 2 ranks × 3 rows
+    rows = pack_rows(corpora.load_documents(local_hub_corpus), tokenizer, SEQ)
+    assert torch.equal(batches[5]["input_ids"], rows[5 * 6 + 3:5 * 6 + 6])
+
+    read = []
+    original = corpora.hub_texts
+
+    def counting(ds, corpus):
+        for text in original(ds, corpus):
+            read.append(text)
+            yield text
+
+    monkeypatch.setattr(corpora, "hub_texts", counting)
+    resumed = list(dm.StreamingTrainingStream(local_hub_corpus, tokenizer, SEQ, 3, start_step=start, resume=saved,
+                                              **kwargs))
+    assert len(resumed) == (10 - start) * 2
+    for a, b in zip(batches[start * 2:], resumed):
+        assert int(a["step"]) == int(b["step"]) and torch.equal(a["input_ids"], b["input_ids"])
+    # the documents before the saved chunk were not read again (step 7 lies beyond the first chunk)
+    skipped = saved["documents_before"]
+    assert read[0] == corpora.load_documents(local_hub_corpus)[skipped]
+    assert (skipped > 0) == (start == 7)
+
+
+def test_kdyn_train_resumes_a_streamed_corpus_from_the_checkpointed_position(saved_models, local_hub_corpus, tmp_path,
+                                                                            monkeypatch):
+    from kdyn.train import train
+    from tests.conftest import FAST_TRAINER, compose_cfg
+    from tests.test_resume import SigtermAt
+
+    args = ["model=local", f"model.path={saved_models['olmo']}", "corpus=hub", f"corpus.dataset={local_hub_corpus['dataset']}",
+            "trainer.max_steps=5", "data.seq_len=32", "data.batch_size=4", "seed=1", *FAST_TRAINER]
+    straight = train(compose_cfg("train", args, tmp_path / "straight"))
+    run = tmp_path / "interrupted"
+    with pytest.raises(SystemExit):
+        train(compose_cfg("train", args, run), extra_callbacks=[SigtermAt(3)])
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    position = saved["CorpusDataModule"]["stream"]
+    assert saved["global_step"] == 3 and position["micro_index"] == 3
+    import kdyn.data.datamodule as dm
+
+    streams = []
+    monkeypatch.setattr(dm.StreamingTrainingStream, "_dataset",
+                        lambda self, original=dm.StreamingTrainingStream._dataset: streams.append(self) or original(self))
+    resumed = train(compose_cfg("train", args, run))
+    assert resumed["steps_this_session"] == 2
+    assert streams[0].resume == position  # the stream seeked to the saved position (not a re-read)
+    assert resumed["final_loss"] == pytest.approx(straight["final_loss"], rel=1e-6)
+
+
+def test_kdyn_prepare_builds_the_store_kdyn_train_then_opens(saved_models, corpus_jsonl, tmp_path, capsys):
+    from kdyn.prepare import prepare
+    from kdyn.train import train
+    from tests.conftest import FAST_TRAINER, compose_cfg
+
+    args = ["model=local", f"model.path={saved_models['olmo']}", "corpus=text", f"corpus.path={corpus_jsonl}",
+            "trainer.max_steps=2", "data.seq_len=32", "data.batch_size=4", f"data.store.dir={tmp_path / 'stores'}",
+            *FAST_TRAINER]
+    first = prepare(compose_cfg("train", args, tmp_path / "p"), progress=False)
+    assert first["built"] and "kdyn-prepare: built in" in capsys.readouterr().out
+    expected = pack_rows(corpora.load_documents({"name": "text", "path": str(corpus_jsonl)}), saved_tokenizer(saved_models), 32)
+    assert first["rows"] == expected.shape[0] and first["bytes"] > 2 * first["tokens"]
+    again = prepare(compose_cfg("train", args, tmp_path / "p2"), progress=False)
+    assert not again["built"] and again["folder"] == first["folder"]
+    results = train(compose_cfg("train", args, tmp_path / "run"))
+    assert results["corpus"]["rows"] == expected.shape[0] and results["steps"] == 2
+    assert [p.name for p in (tmp_path / "stores").iterdir() if p.is_dir()] == [Path(first["folder"]).name]
+
+
+def saved_tokenizer(saved_models):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(saved_models["olmo"])

@@ -230,11 +230,20 @@ def _fictional_knowledge_documents(corpus: Mapping[str, Any]) -> Iterator[str]:
 
 # ----------------------------------------------------------------------------------- hub
 def _hub_documents(corpus: Mapping[str, Any]) -> Iterator[str]:
+    return hub_texts(hub_dataset(corpus), corpus)
+
+
+def hub_dataset(corpus: Mapping[str, Any]):
+    """The ``datasets`` dataset of a ``corpus=hub`` node (an `IterableDataset` when streamed)."""
     name = corpus.get("dataset")
     if not name:
         raise KdynError("corpus=hub needs corpus.dataset=ORG/NAME (a Hugging Face dataset) or a local datasets folder")
-    field = corpus.get("text_field", "text")
-    rows = _load_hub(name, corpus.get("subset"), corpus.get("split", "train"), streaming=bool(corpus.get("streaming", True)))
+    return _load_hub(name, corpus.get("subset"), corpus.get("split", "train"), streaming=bool(corpus.get("streaming", True)))
+
+
+def hub_texts(rows, corpus: Mapping[str, Any]) -> Iterator[str]:
+    """The non-empty ``corpus.text_field`` strings of a hub dataset's rows, in order."""
+    name, field = corpus.get("dataset"), corpus.get("text_field", "text")
     for i, row in enumerate(rows):
         if field not in row:
             raise KdynError(f"dataset {name}: row {i} has no {field!r} field (found {sorted(row)}); set corpus.text_field")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import lightning.pytorch as pl
@@ -25,12 +26,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from kdyn.data import corpora
-from kdyn.data.packing import iter_packed_rows, pack_rows
+from kdyn.data.packing import pack_rows
 from kdyn.data.rows import ConcatRows, RowTable, TensorRows, as_row_table
 from kdyn.errors import KdynError
 
 # transform(batch, step, global_rows) -> batch; global_rows are the rows' positions in the global batch.
 BatchTransform = Callable[[dict, int, torch.Tensor], dict]
+ENCODE_CHUNK = 512  # documents of a streamed corpus tokenised at a time
 
 
 @dataclass
@@ -147,22 +149,89 @@ class StepOrderedStream(IterableDataset):
 
 
 class StreamingTrainingStream(IterableDataset):
-    """The same contract for streamed corpora: rows in stream order, resumable by skipping."""
+    """The same contract for streamed hub corpora (no store): rows in stream order.
+
+    Resuming does not re-read the stream: after each micro-batch the stream records where the next
+    one starts — the ``datasets`` iterator's own ``state_dict()`` at the start of the tokenised chunk
+    that holds it, and the token offset into that chunk — and `resume_state` hands that back for the
+    checkpoint. Given one (``resume``), a new stream loads it into the dataset and skips only those
+    tokens. Without one (or for a dataset that cannot report its state) it falls back to skipping
+    the rows before the start step.
+    """
 
     def __init__(self, corpus: Mapping[str, Any], tokenizer, seq_len: int, batch_size: int, *, world_size: int = 1,
                  rank: int = 0, accumulate: int = 1, transforms: list[BatchTransform] | None = None,
-                 start_step: int = 0, num_steps: int = 0):
+                 start_step: int = 0, num_steps: int = 0, resume: dict | None = None):
         self.corpus, self.tokenizer, self.seq_len, self.batch_size = dict(corpus), tokenizer, seq_len, batch_size
         self.world_size, self.rank, self.accumulate = world_size, rank, accumulate
         self.transforms = list(transforms or [])
         self.start_step, self.num_steps = start_step, num_steps
+        self.resume = resume if resume and resume.get("micro_index") == start_step * accumulate else None
+        self._positions: dict[int, dict] = {}  # micro index -> where its first row starts (recent ones)
+
+    def resume_state(self, step: int) -> dict | None:
+        """Where the first micro-batch of ``step`` starts (recorded once the micro-batch before it was
+        served; None otherwise)."""
+        return self._positions.get(step * self.accumulate)
+
+    def _dataset(self):
+        import datasets
+
+        ds = corpora.hub_dataset(self.corpus)
+        if isinstance(ds, datasets.Dataset):  # a local datasets folder: iterable, hence resumable, too
+            ds = ds.to_iterable_dataset()
+        return ds
+
+    def _chunks(self, ds, docs_before: int):
+        """(dataset state before the chunk, documents before it, its tokens) per chunk of documents."""
+        from kdyn.data.packing import iter_token_chunks
+
+        limit = self.corpus.get("max_documents")
+        texts = corpora.hub_texts(ds, self.corpus)
+        while True:
+            state = ds.state_dict() if hasattr(ds, "state_dict") else None
+            take = ENCODE_CHUNK if not limit else min(ENCODE_CHUNK, int(limit) - docs_before)
+            docs = [] if take <= 0 else list(islice(texts, take))
+            if not docs:
+                return
+            tokens = [t for ids in iter_token_chunks(docs, self.tokenizer) for t in ids]
+            yield state, docs_before, tokens
+            docs_before += len(docs)
+
+    def _rows(self):
+        """(row, where the next row starts) in stream order, from the resume point if any."""
+        ds = self._dataset()
+        docs_before, skip = 0, 0
+        if self.resume is not None and hasattr(ds, "load_state_dict"):
+            ds.load_state_dict(self.resume["dataset"])
+            docs_before, skip = int(self.resume["documents_before"]), int(self.resume["skip_tokens"])
+        pending: list[int] = []  # tokens not yet served are pending[head:]
+        head = 0
+        anchors: list[tuple[Any, int, int]] = []  # (state, documents before, tokens) of chunks still pending
+        offset = 0  # pending[head] is token `offset` of anchors[0]'s chunk
+        for state, before, tokens in self._chunks(ds, docs_before):
+            anchors.append((state, before, len(tokens)))
+            pending, head = pending[head:] + tokens, 0
+            if skip:  # resuming: the tokens before the restored row were served before the checkpoint
+                cut = min(skip, len(pending))
+                head, offset, skip = cut, offset + cut, skip - cut
+            while len(pending) - head >= self.seq_len:
+                while offset >= anchors[0][2]:  # the first pending token lies in a later chunk
+                    offset -= anchors.pop(0)[2]
+                state0, before0, _ = anchors[0]
+                # where the row after this one starts (relative to the same chunk: it may lie beyond it)
+                yield pending[head:head + self.seq_len], {"dataset": state0, "documents_before": before0,
+                                                          "skip_tokens": offset + self.seq_len}
+                head, offset = head + self.seq_len, offset + self.seq_len
+            while anchors and offset >= anchors[0][2]:
+                offset -= anchors.pop(0)[2]
 
     def __iter__(self):
-        rows = iter_packed_rows(corpora.iter_documents(self.corpus), self.tokenizer, self.seq_len)
         per_micro = self.batch_size * self.world_size
-        skip = self.start_step * self.accumulate * per_micro
+        resumed = self.resume is not None
+        skip = 0 if resumed else self.start_step * self.accumulate * per_micro
         micro_index, buffer = self.start_step * self.accumulate, []
-        for pos, row in enumerate(rows):
+        for pos, (row, after) in enumerate(self._rows()):
             if pos < skip:
                 continue
             buffer.append(row)
@@ -171,6 +240,9 @@ class StreamingTrainingStream(IterableDataset):
             step = micro_index // self.accumulate
             if step >= self.num_steps:
                 return
+            self._positions[micro_index + 1] = {**after, "micro_index": micro_index + 1}
+            for old in [k for k in self._positions if k < micro_index - 8 * self.accumulate]:
+                del self._positions[old]
             micro = micro_index % self.accumulate
             local = buffer[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
             ids = torch.tensor(local, dtype=torch.long)
@@ -202,6 +274,8 @@ class CorpusDataModule(pl.LightningDataModule):
         self.store = None  # the TokenStore the rows come from, if any
         self.transforms: list[BatchTransform] = []
         self._streaming: bool | None = None
+        self._stream: StreamingTrainingStream | None = None  # the streamed corpus' stream, for checkpoints
+        self._stream_resume: dict | None = None  # its position restored from a checkpoint
 
     @property
     def hub_streamed(self) -> bool:
@@ -315,7 +389,9 @@ class CorpusDataModule(pl.LightningDataModule):
         common = dict(world_size=world_size, rank=rank, accumulate=accumulate, transforms=self.transforms,
                       start_step=start, num_steps=num_steps)
         if self.streaming:
-            dataset = StreamingTrainingStream(self.corpus, self.tokenizer, self.seq_len, int(self.data["batch_size"]), **common)
+            dataset = StreamingTrainingStream(self.corpus, self.tokenizer, self.seq_len, int(self.data["batch_size"]),
+                                              resume=self._stream_resume, **common)
+            self._stream = dataset
         else:
             self.prepare_rows()
             dataset = StepOrderedStream(TrainingStream(
@@ -323,6 +399,17 @@ class CorpusDataModule(pl.LightningDataModule):
                 seed=int(self.seed), segments=self.segments(trainer), **common))
         workers = int(self.data.get("num_workers", 0))
         return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in each checkpoint: for a streamed corpus, where the stream stands at the saved step
+        (so the resumed run seeks there instead of re-reading the stream)."""
+        stream, trainer = getattr(self, "_stream", None), self.trainer
+        if stream is None or trainer is None:
+            return {}
+        return {"stream": stream.resume_state(int(trainer.global_step))}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._stream_resume = (state_dict or {}).get("stream")
 
     def segments(self, trainer=None) -> list[Segment] | None:
         """The run's segments (one per period) with their step ranges, for segmented corpora."""
