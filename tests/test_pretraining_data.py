@@ -309,3 +309,23 @@ def test_temporalwiki_periods_train_on_local_files(tmp_path):
         segment_documents({**node, "periods": {"nope": {"path": str(tmp_path / "p1.jsonl")}}})
     with pytest.raises(KdynError, match=r"corpus.periods.*\.path=.*missing\.jsonl does not exist"):
         segment_documents({**node, "periods": {names[0]: {"path": str(tmp_path / "missing.jsonl")}}})
+
+
+def test_twiki_period_files_through_the_composed_config(tmp_path, compose_train):
+    """The README's override (a mapping: TWiki names start with a digit) reaches the real TWiki-Probes periods."""
+    from kdyn.config import to_plain
+    from kdyn.data.periods import load_periods, segment_documents
+    from tests.conftest import shared_data
+
+    twiki = shared_data("temporalwiki")
+    texts = [f"In September the article {i} changed." for i in range(5)]
+    (tmp_path / "diff.jsonl").write_text("".join(json.dumps({"content": t}) + "\n" for t in texts))
+    cfg = compose_train("corpus=temporalwiki", "corpus.source=twiki", f"corpus.path={twiki}", "corpus.max_changed=20",
+                        "corpus.max_unchanged=20",
+                        f"corpus.periods={{0801-0901: {{path: '{tmp_path / 'diff.jsonl'}', text_field: content}}}}")
+    node = to_plain(cfg.corpus)
+    names = [p.name for p in load_periods(node)]
+    segments = dict(segment_documents(node))
+    assert list(segments) == names and "0801-0901" in names and len(names) > 1
+    assert sorted(segments["0801-0901"]) == sorted(texts)
+    assert all(set(docs).isdisjoint(texts) for name, docs in segments.items() if name != "0801-0901")
