@@ -7,6 +7,7 @@ kdyn's reader), and the expected rows are computed from the arrays the test wrot
 from __future__ import annotations
 
 import json
+import pickle
 import struct
 from pathlib import Path
 
@@ -116,6 +117,12 @@ def test_numpy_token_files_in_global_indices_order(tmp_path, dtype):
     saved = open_pretraining_rows(corpus(paths, format="numpy", dtype=dtype, start_step=2, global_batch_size=3,
                                          global_indices=str(tmp_path / "order_with_header.npy")), data())
     assert torch.equal(all_rows(saved), all_rows(table))
+    # spawned DataLoader workers get the table pickled as paths (not copies of the memory maps)
+    all_rows(table)  # the memory maps are open now
+    copy = pickle.loads(pickle.dumps(table))
+    assert copy.instances._arrays is None  # reopened lazily from the paths
+    assert isinstance(copy.order, np.memmap) and Path(copy.order.filename) == tmp_path / "global_indices.npy"
+    assert torch.equal(all_rows(copy), all_rows(table))
 
 
 # ----------------------------------------------------------------------------------- the training stream

@@ -249,6 +249,15 @@ class PretrainingRows:
         self.vocab_size = vocab_size
         self.source, self.order_path = source, order_path
 
+    def __getstate__(self) -> dict:
+        """Pickle (spawned DataLoader workers, ddp_spawn) as paths: a memory map would be copied in full."""
+        return {**self.__dict__, "order": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.order_path is not None:
+            self.order = open_token_array(self.order_path, np.dtype(np.uint32), "order file")
+
     def __len__(self) -> int:
         total = len(self.order) if self.order is not None else len(self.instances)
         return total - self.first
