@@ -158,3 +158,59 @@ def test_report_flags_steps_with_identical_weights(tmp_path, capsys):
         flags = {r["model_step"]: r["identical_weights_as"] for r in csv.DictReader(f)}
     assert flags == {"1000": "", "2000": "steps 3000", "3000": "steps 2000"}
     assert (tmp_path / "out" / "knowledge_entropy.png").is_file()
+
+
+# --- what `seed` varies: where injected texts land --------------------------------------------
+
+def _plan(tokenizer, seed, first_row=2):
+    from kdyn.data.injection import build_plan
+    from kdyn.data.knowledge import assign_scenarios, knowledge_records
+
+    records = knowledge_records({"name": "synthetic", "num_items": 9, "seed": 0})
+    items = assign_scenarios(records, {"paraphrase": 3, "duplicate": 3, "once": 3}, 3)
+    return build_plan(items, tokenizer, seq_len=64, global_batch_size=24, max_steps=40, interval=10, num_events=3,
+                      first_row=first_row, placement_seed=seed)
+
+
+def test_placement_seed_zero_is_the_documented_layout(tokenizer):
+    plan = _plan(tokenizer, 0)
+    for event in plan.events:
+        rows = [r for r in plan.to_rows() if r["step"] == event.step]
+        # texts in item order, rows consecutive from first_row
+        assert [r["item"] for r in rows] == sorted(r["item"] for r in rows)
+        assert sorted({r["row"] for r in rows}) == list(range(2, 2 + len(event.rows)))
+
+
+def test_placement_seed_moves_texts_but_not_what_or_when(tokenizer):
+    base, moved, again = _plan(tokenizer, 0), _plan(tokenizer, 3), _plan(tokenizer, 3)
+    what = lambda plan: sorted((r["step"], r["item"], r["version"]) for r in plan.to_rows())  # noqa: E731
+    assert what(moved) == what(base)
+    assert moved.to_rows() == again.to_rows()  # deterministic
+    assert {(r["step"], r["row"], r["item"]) for r in moved.to_rows()} != {(r["step"], r["row"], r["item"])
+                                                                          for r in base.to_rows()}
+    assert all(2 <= r["row"] < 24 for r in moved.to_rows())
+    # the stream transform writes every text into the row the plan names
+    import torch
+
+    for event in moved.events:
+        batch = {"input_ids": torch.zeros(24, 64, dtype=torch.long)}
+        moved(batch, event.step, torch.arange(24))
+        for r, texts in enumerate(event.rows):
+            row = moved.global_row(event, r)
+            expected = [t for text in texts for t in text.tokens][:64]
+            assert batch["input_ids"][row, : len(expected)].tolist() == expected
+        untouched = set(range(24)) - {moved.global_row(event, r) for r in range(len(event.rows))}
+        assert all(batch["input_ids"][u].abs().sum() == 0 for u in untouched)
+
+
+@pytest.mark.slow
+def test_two_seeds_of_the_default_job_differ(saved_models, corpus_jsonl, compose_train):
+    from kdyn.train import train
+
+    common = ["model=local", f"model.path={saved_models['llama']}", "corpus=text", f"corpus.path={corpus_jsonl}",
+              "trainer.max_steps=6", "data.seq_len=128", "data.batch_size=8", "inject.source.num_items=6",
+              "inject.scenarios.paraphrase=2", "inject.scenarios.duplicate=2", "inject.scenarios.once=2",
+              "inject.interval=2", "inject.num_events=2", "inject.metrics.window=1", "trainer.enable_progress_bar=false",
+              "callbacks.checkpoint.every_n_train_steps=1000"]
+    losses = [train(compose_train(*common, f"seed={seed}"))["final_loss"] for seed in (1, 2)]
+    assert losses[0] != losses[1]

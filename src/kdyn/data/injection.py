@@ -6,6 +6,12 @@ a paraphrase, or nothing) plus EOS. The texts are placed, in item order, into co
 of the batch of that step starting at ``first_row``; several texts share a row when they fit (as the
 official code concatenates paragraphs when the batch is small), a text longer than a row is cut.
 
+``placement_seed`` (``inject.placement_seed``, the run's ``seed`` by default) varies where the texts
+land: ``0`` is the layout above, exactly; any other value shuffles the order of the event's texts
+(which texts share a row) and draws the rows they go to at random among the batch rows from
+``first_row`` on, independently at every event. It changes neither which items are injected
+(``inject.source.seed``) nor when.
+
 ``mode=replace`` overwrites the start of the row with the knowledge (the rest of the base row
 stays); ``mode=prepend`` puts the knowledge in front of the base row and drops the row's tail
 (``cat(knowledge, row)[:seq_len]``, which is what both official codebases execute). Either way every
@@ -18,6 +24,7 @@ step ``s`` measure the model after ``s`` updates, so ``v[t_i]`` is just before i
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +51,8 @@ class InjectedText:
 class InjectionEvent:
     step: int
     event: int
-    rows: list[list[InjectedText]] = field(default_factory=list)  # rows[r] → global row first_row + r
+    rows: list[list[InjectedText]] = field(default_factory=list)  # rows[r] → global row global_rows[r]
+    global_rows: list[int] | None = None  # None: first_row + r (placement_seed 0)
 
 
 @dataclass
@@ -55,14 +63,20 @@ class InjectionPlan:
     first_row: int
     planned_events: int = 0  # events in the configured schedule (more than `events` when the run is shorter)
     truncated_texts: int = 0
+    placement_seed: int = 0
 
     def __post_init__(self) -> None:
         self._by_step = {e.step: e for e in self.events}
-        self._row_tokens: dict[int, list[torch.Tensor]] = {
-            e.step: [torch.tensor([t for text in row for t in text.tokens], dtype=torch.long)[: self.seq_len]
-                     for row in e.rows]
+        self._row_tokens: dict[int, dict[int, torch.Tensor]] = {
+            e.step: {self.global_row(e, r): torch.tensor([t for text in row for t in text.tokens],
+                                                         dtype=torch.long)[: self.seq_len]
+                     for r, row in enumerate(e.rows)}
             for e in self.events
         }
+
+    def global_row(self, event: InjectionEvent, r: int) -> int:
+        """The global batch row that receives ``event.rows[r]``."""
+        return self.first_row + r if event.global_rows is None else event.global_rows[r]
 
     @property
     def steps(self) -> list[int]:
@@ -99,7 +113,8 @@ class InjectionPlan:
         for event in self.events:
             for r, texts in enumerate(event.rows):
                 for text in texts:
-                    rows.append({"step": event.step, "event": event.event, "row": self.first_row + r, "item": text.item,
+                    rows.append({"step": event.step, "event": event.event, "row": self.global_row(event, r),
+                                 "item": text.item,
                                  "scenario": text.scenario, "version": text.version, "tokens": len(text.tokens),
                                  "truncated": text.truncated, "mode": self.mode})
         return rows
@@ -111,9 +126,8 @@ class InjectionPlan:
             return batch
         ids = batch["input_ids"]
         for local, global_row in enumerate(global_rows.tolist()):
-            r = global_row - self.first_row
-            if 0 <= r < len(rows):
-                knowledge = rows[r]
+            knowledge = rows.get(global_row)
+            if knowledge is not None:
                 n = knowledge.shape[0]
                 if self.mode == "replace":
                     ids[local, :n] = knowledge
@@ -124,11 +138,13 @@ class InjectionPlan:
 
 def build_plan(items: Sequence[Any], tokenizer, *, seq_len: int, global_batch_size: int, max_steps: int,
                interval: int, num_events: int, first_step: int = 0, once_per_event: int | None = None,
-               mode: str = "replace", first_row: int = 0, eos: bool = True) -> InjectionPlan:
+               mode: str = "replace", first_row: int = 0, eos: bool = True,
+               placement_seed: int = 0) -> InjectionPlan:
     """Schedule ``items`` (`KnowledgeItem`s with scenarios) into the stream and validate the schedule.
 
     ``once_per_event=None`` injects every ``once`` item at the first event (Chang et al.); an integer
-    ``k`` spreads them ``k`` per event in order (Kim et al.: 6 per event).
+    ``k`` spreads them ``k`` per event in order (Kim et al.: 6 per event). ``placement_seed`` != 0
+    shuffles the texts of each event and the rows they land in (see the module docstring).
     """
     from kdyn.data.knowledge import injected_text, injected_version
 
@@ -170,6 +186,9 @@ def build_plan(items: Sequence[Any], tokenizer, *, seq_len: int, global_batch_si
             n_truncated += truncated
             version = injected_version(item, 0 if (item.scenario == "once") else e)
             texts.append(InjectedText(item.item, item.scenario, version, tuple(ids[:seq_len]), truncated))
+        placer = random.Random(f"kdyn-injection-placement:{placement_seed}:{e}") if placement_seed else None
+        if placer is not None:
+            placer.shuffle(texts)
         rows = _pack(texts, seq_len)
         step = first_step + e * interval
         if len(rows) > capacity:
@@ -177,11 +196,12 @@ def build_plan(items: Sequence[Any], tokenizer, *, seq_len: int, global_batch_si
                 f"injection event {e} (step {step}) needs {len(rows)} rows of {seq_len} tokens for {len(texts)} texts but "
                 f"the global batch has {capacity} rows from inject.first_row={first_row}; use fewer items, a larger "
                 f"data.batch_size, or a longer data.seq_len")
-        events.append(InjectionEvent(step=step, event=e, rows=rows))
+        global_rows = None if placer is None else sorted(placer.sample(range(first_row, global_batch_size), len(rows)))
+        events.append(InjectionEvent(step=step, event=e, rows=rows, global_rows=global_rows))
     if n_truncated:
         log.warning("%d injected texts were longer than data.seq_len=%d tokens and were cut", n_truncated, seq_len)
     return InjectionPlan(events=events, mode=mode, seq_len=seq_len, first_row=first_row,
-                         planned_events=planned, truncated_texts=n_truncated)
+                         planned_events=planned, truncated_texts=n_truncated, placement_seed=int(placement_seed))
 
 
 def _pack(texts: list[InjectedText], seq_len: int) -> list[list[InjectedText]]:
@@ -205,4 +225,4 @@ def plan_from_config(inject: Mapping[str, Any], items: Sequence[Any], tokenizer,
                       first_step=int(inject.get("first_step", 0)),
                       once_per_event=None if inject.get("once_per_event") is None else int(inject["once_per_event"]),
                       mode=str(inject.get("mode", "replace")), first_row=int(inject.get("first_row", 0)),
-                      eos=bool(inject.get("eos", True)))
+                      eos=bool(inject.get("eos", True)), placement_seed=int(inject.get("placement_seed") or 0))

@@ -24,7 +24,7 @@ from typing import Any
 from kdyn.report.collect import Run
 
 #: Config keys that only choose a random draw: runs differing in them alone are seeds of one condition.
-SEED_KEYS = ("seed", "inject.source.seed", "model.pretrain_seed", "model.init_seed")
+SEED_KEYS = ("seed", "inject.source.seed", "inject.placement_seed", "model.pretrain_seed", "model.init_seed")
 #: Config keys (and key prefixes, ending in ".") that do not change the numbers a run produces.
 BOOKKEEPING = ("run_id", "sweep_id", "skip_completed", "resume", "threads", "paths.", "hydra.", "logger",
                "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
