@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from kdyn.errors import KdynError
 from kdyn.models.checkpoints import (
+    OLMO2_MODELS,
     OLMO_MODELS,
     PYTHIA_STEPS,
     CheckpointRef,
@@ -37,7 +38,7 @@ OUR_CONFIGS = (
 SCHEMA_KEYS = {
     "name", "family", "repo", "step", "revision", "path", "dtype", "attn_implementation", "trust_remote_code", "ffn"
 }
-CHECKPOINT_FAMILIES = {"pythia", "olmo", "gpt2", "local", "hub", "tiny"}
+CHECKPOINT_FAMILIES = {"pythia", "olmo", "olmo2", "gpt2", "local", "hub", "tiny"}
 
 
 def load(name: str):
@@ -283,7 +284,7 @@ class _Refs:
 
 
 @pytest.fixture
-def hub_branches(monkeypatch):
+def hub_branches(monkeypatch, tmp_path):
     """Pretend the hub is reachable and lists the given branches (no network in tests)."""
     import huggingface_hub
 
@@ -299,6 +300,7 @@ def hub_branches(monkeypatch):
             return _Refs(names)
 
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setenv("KDYN_CACHE_DIR", str(tmp_path / "kdyn-cache"))  # a fresh branch cache per test
         monkeypatch.setattr(huggingface_hub, "list_repo_refs", list_repo_refs)
         checkpoints._repo_branches.cache_clear()
         return calls
@@ -332,6 +334,148 @@ def test_hub_lookup_failures_and_offline_say_why(hub_branches, monkeypatch):
     with pytest.raises(KdynError, match="HF_HUB_OFFLINE is set") as e:
         resolve_checkpoint(base)
     assert len(calls) == before and "model.revision" in message(e)  # offline: the hub is never asked
+
+
+# ---------------------------------------------------------------- OLMo-2
+
+OLMO2_LISTING = [  # what a mocked hub lists for allenai/OLMo-2-1124-7B
+    "main", "stage1-step0-tokens0B", "stage1-step1000-tokens5B", "stage1-step2000-tokens9B",
+    "stage1-step5000-tokens21B", "stage1-step928646-tokens3896B",
+    "stage2-ingredient1-step1000-tokens5B", "stage2-ingredient1-step11931-tokens50B",
+    "stage2-ingredient2-step1000-tokens5B", "stage2-ingredient2-step11931-tokens50B",
+]
+
+
+def olmo2(name="olmo2-7b", **overrides):
+    return {**OmegaConf.to_container(load(name)), **overrides}
+
+
+@pytest.mark.parametrize("name", sorted(OLMO2_MODELS))
+def test_olmo2_anchor_tables_hold_the_readme_branches(name):
+    """Each anchor file starts with a source header; its lines are the OLMo README's stage end points."""
+    filename = OLMO2_MODELS[name].anchors
+    assert BRANCHES.joinpath(filename).read_text(encoding="utf-8").startswith("# ")
+    lines = raw_branch_lines(filename)
+    expected = {  # copied from allenai/OLMo README (commit 59a53e3f), sections "Stage 1" / "Stage 2 for the ..."
+        "olmo2-1b": ["stage1-step1907359-tokens4001B"] + [f"stage2-ingredient{k}-step23852-tokens51B" for k in (1, 2, 3)],
+        "olmo2-7b": ["stage1-step928646-tokens3896B"] + [f"stage2-ingredient{k}-step11931-tokens50B" for k in (1, 2, 3)],
+        "olmo2-13b": ["stage1-step596057-tokens5001B"] + [f"stage2-ingredient{k}-step11931-tokens100B" for k in (1, 2, 3)]
+        + ["stage2-ingredient4-step35773-tokens300B"],
+    }[name]
+    assert lines == expected
+
+
+def test_olmo2_default_is_main_and_anchors_resolve_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("KDYN_CACHE_DIR", str(tmp_path))
+    ref = resolve_checkpoint(load("olmo2-7b"))
+    assert (ref.family, ref.location, ref.revision, ref.step) == ("olmo2", "allenai/OLMo-2-1124-7B", None, None)
+    ref = resolve_checkpoint(olmo2(step=928646))
+    assert (ref.revision, ref.step) == ("stage1-step928646-tokens3896B", 928646)
+    ref = resolve_checkpoint(olmo2("olmo2-13b", step=35773, stage=2, ingredient=4))
+    assert ref.revision == "stage2-ingredient4-step35773-tokens300B"
+    ref = resolve_checkpoint(olmo2("olmo2-1b", step=23852, ingredient=3))  # ingredient alone implies stage 2
+    assert (ref.location, ref.revision) == ("allenai/OLMo-2-0425-1B", "stage2-ingredient3-step23852-tokens51B")
+
+
+def test_olmo2_stage1_step_is_resolved_from_the_hub_once_and_cached(hub_branches, tmp_path):
+    calls = hub_branches(OLMO2_LISTING)
+    ref = resolve_checkpoint(olmo2(step=5000))
+    assert (ref.revision, ref.step) == ("stage1-step5000-tokens21B", 5000)
+    assert resolve_checkpoint(olmo2(step=1000, stage=1)).revision == "stage1-step1000-tokens5B"
+    assert calls == ["allenai/OLMo-2-1124-7B"]  # one listing per process
+    cache = json.loads((tmp_path / "kdyn-cache" / "branches" / "allenai--OLMo-2-1124-7B.json").read_text())
+    assert cache["repo"] == "allenai/OLMo-2-1124-7B" and sorted(cache["branches"]) == sorted(OLMO2_LISTING)
+
+
+def test_olmo2_rerun_uses_the_cache_without_asking_the_hub(hub_branches, monkeypatch):
+    hub_branches(OLMO2_LISTING)
+    resolve_checkpoint(olmo2(step=2000))  # lists and writes the cache
+    from kdyn.models import checkpoints
+
+    checkpoints._repo_branches.cache_clear()  # a new process
+    calls = hub_branches(OLMO2_LISTING)
+    calls.clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_checkpoint(olmo2(step=2000)).revision == "stage1-step2000-tokens9B"
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert resolve_checkpoint(olmo2(step=1000, stage=2, ingredient=2)).revision == "stage2-ingredient2-step1000-tokens5B"
+    assert calls == []  # both found in the cache: the hub was never asked
+
+
+def test_olmo2_stage2_ingredient_is_resolved(hub_branches):
+    hub_branches(OLMO2_LISTING)
+    ref = resolve_checkpoint(olmo2(step=1000, stage=2, ingredient=1))
+    assert (ref.revision, ref.step) == ("stage2-ingredient1-step1000-tokens5B", 1000)
+    # the same step of stage 1 is a different branch
+    assert resolve_checkpoint(olmo2(step=1000)).revision == "stage1-step1000-tokens5B"
+
+
+def test_olmo2_missing_step_names_the_nearest_steps_of_its_series(hub_branches):
+    hub_branches(OLMO2_LISTING)
+    with pytest.raises(KdynError) as e:
+        resolve_checkpoint(olmo2(step=3000))
+    assert "stage 1" in message(e) and "2000, 5000" in message(e) and "model.step" in message(e)
+    with pytest.raises(KdynError) as e:
+        resolve_checkpoint(olmo2(step=5000, stage=2, ingredient=2))
+    assert "stage 2 ingredient 2" in message(e) and "nearest stage 2 ingredient 2 steps are 1000, 11931" in message(e)
+    with pytest.raises(KdynError, match=r"no stage 2 ingredient 7 branches \(stage-2 ingredients: 1, 2\)"):
+        resolve_checkpoint(olmo2(step=5000, stage=2, ingredient=7))
+    # following the advice: a nearest step resolves
+    assert resolve_checkpoint(olmo2(step=2000)).revision == "stage1-step2000-tokens9B"
+
+
+def test_olmo2_offline_never_asks_the_hub_and_names_model_revision(hub_branches, monkeypatch):
+    calls = hub_branches(OLMO2_LISTING)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(KdynError) as e:
+        resolve_checkpoint(olmo2(step=5000))
+    assert calls == []
+    text = message(e)
+    assert "HF_HUB_OFFLINE is set" in text and "model.revision=stage1-step5000-tokens<T>B" in text
+    assert "928646" in text  # the nearest anchor
+    # following the advice: the branch name passed as model.revision loads without any lookup
+    ref = resolve_checkpoint(olmo2(step=5000, revision="stage1-step5000-tokens21B"))
+    assert (ref.revision, ref.step) == ("stage1-step5000-tokens21B", 5000) and calls == []
+    ref = resolve_checkpoint(olmo2(revision="stage2-ingredient2-step1000-tokens5B"))
+    assert ref.step == 1000
+
+
+def test_olmo2_hub_failure_says_why(hub_branches):
+    hub_branches(error=OSError("connection refused"))
+    with pytest.raises(KdynError, match="listing the branches of allenai/OLMo-2-1124-7B failed.*connection refused"):
+        resolve_checkpoint(olmo2(step=5000))
+
+
+@pytest.mark.parametrize("overrides, match, fixed", [
+    ({"step": 1000, "stage": 2}, r"model\.ingredient=k, e\.g\. model\.ingredient=1", {"ingredient": 1}),
+    ({"step": 1000, "stage": 1, "ingredient": 2}, r"set model\.stage=2", {"stage": 2}),
+    ({"step": 1000, "stage": 3}, r"model\.stage=1, or model\.stage=2", {"stage": 1}),
+    ({"step": 1000, "ingredient": 0}, r"numbered from 1", {"ingredient": 1}),
+    ({"stage": 2, "ingredient": 1}, r"pass model\.step=N \(its final step is 11931\)", {"step": 11931}),
+])
+def test_olmo2_stage_and_ingredient_errors_and_their_fixes(overrides, match, fixed, hub_branches):
+    hub_branches(OLMO2_LISTING)
+    with pytest.raises(KdynError, match=match):
+        resolve_checkpoint(olmo2(**overrides))
+    assert resolve_checkpoint(olmo2(**{**overrides, **fixed})).revision.startswith("stage")
+
+
+def test_olmo2_through_model_hub_uses_the_same_resolution(hub_branches):
+    hub_branches(OLMO2_LISTING)
+    ref = resolve_checkpoint({"name": "hub", "family": "hub", "repo": "allenai/OLMo-2-1124-7B", "step": 5000})
+    assert (ref.family, ref.revision, ref.step) == ("hub", "stage1-step5000-tokens21B", 5000)
+
+
+def test_olmo1_lookup_also_uses_the_branch_cache(hub_branches, monkeypatch):
+    calls = hub_branches(["main", "step30000-tokens126B"])
+    base = {**OmegaConf.to_container(load("olmo-1b")), "step": 30000}
+    assert resolve_checkpoint(base).revision == "step30000-tokens126B"
+    from kdyn.models import checkpoints
+
+    checkpoints._repo_branches.cache_clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_checkpoint(base).revision == "step30000-tokens126B" and calls == ["allenai/OLMo-1B-hf"]
 
 
 # ---------------------------------------------------------------- GPT-2, hub

@@ -85,12 +85,16 @@ __all__ = [
     "FAMILIES",
     "GPT2_MODELS",
     "KNOWN_MODELS",
+    "OLMO2_MODELS",
     "OLMO_MODELS",
     "PYTHIA_FINAL_STEP",
     "PYTHIA_MODELS",
     "PYTHIA_STEPS",
     "CheckpointRef",
     "branch_for_step",
+    "cached_branches",
+    "list_branches",
+    "parse_olmo2_branch",
     "lookup_branch",
     "load_branch_table",
     "load_step_list",
@@ -99,7 +103,7 @@ __all__ = [
     "valid_steps",
 ]
 
-FAMILIES: tuple[str, ...] = ("pythia", "olmo", "gpt2", "local", "hub", "tiny")
+FAMILIES: tuple[str, ...] = ("pythia", "olmo", "olmo2", "gpt2", "local", "hub", "tiny")
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ class CheckpointRef:
     """A resolved checkpoint: where the weights live and which version of them."""
 
     name: str  # e.g. "pythia-160m"
-    family: str  # pythia | olmo | gpt2 | local | hub | tiny
+    family: str  # pythia | olmo | olmo2 | gpt2 | local | hub | tiny
     location: str | None  # hub repo id or local directory
     revision: str | None  # hub revision/branch (None = default branch)
     step: int | None  # training step of the checkpoint (None if unknown)
@@ -182,7 +186,23 @@ OLMO_MODELS: Mapping[str, _OlmoSpec] = MappingProxyType(
 )
 
 _BRANCH_RE = re.compile(r"^step(\d+)-tokens(\d+)B$")
-_REVISION_STEP_RE = re.compile(r"^(?:stage\d+-)?step(\d+)(?:-tokens\d+B)?$")
+_REVISION_STEP_RE = re.compile(r"^(?:stage\d+-)?(?:ingredient\d+-)?step(\d+)(?:-tokens\d+B)?$")
+
+
+@dataclass(frozen=True)
+class _Olmo2Spec:
+    repo: str
+    anchors: str  # the anchor branches documented in the OLMo README, a file in kdyn/models/branches/
+
+
+OLMO2_MODELS: Mapping[str, _Olmo2Spec] = MappingProxyType(
+    {
+        "olmo2-1b": _Olmo2Spec(repo="allenai/OLMo-2-0425-1B", anchors="olmo2-0425-1b.txt"),
+        "olmo2-7b": _Olmo2Spec(repo="allenai/OLMo-2-1124-7B", anchors="olmo2-1124-7b.txt"),
+        "olmo2-13b": _Olmo2Spec(repo="allenai/OLMo-2-1124-13B", anchors="olmo2-1124-13b.txt"),
+    }
+)
+_OLMO2_BRANCH_RE = re.compile(r"^stage(?:1|2-ingredient(\d+))-step(\d+)-tokens(\d+)B$")
 _PLAIN_STEP_RE = re.compile(r"^step(\d+)(?:-tokens\d+B)?$")
 
 # --------------------------------------------------------------------------------------------------
@@ -198,6 +218,7 @@ GPT2_MODELS: Mapping[str, str] = MappingProxyType(
 KNOWN_MODELS: Mapping[str, tuple[str, str]] = MappingProxyType(
     {n: ("pythia", r) for n, r in PYTHIA_MODELS.items()}
     | {n: ("olmo", s.repo) for n, s in OLMO_MODELS.items()}
+    | {n: ("olmo2", s.repo) for n, s in OLMO2_MODELS.items()}
     | {n: ("gpt2", r) for n, r in GPT2_MODELS.items()}
 )
 _REPO_TO_NAME: dict[str, str] = {repo.lower(): n for n, (_, repo) in KNOWN_MODELS.items()} | {
@@ -283,21 +304,75 @@ def branch_for_step(branches: Iterable[str], step: int) -> str | None:
 
 
 def lookup_branch(repo: str, step: int) -> tuple[str | None, str]:
-    """``(branch, "")`` for ``step`` from the live branch list of ``repo``, or ``(None, why not)``.
+    """``(branch, "")`` for ``step`` from the branch list of ``repo``, or ``(None, why not)``.
 
-    Never called with ``HF_HUB_OFFLINE`` set; the listing is fetched once per repo and process.
+    Looks in the cached listing first (:func:`cached_branches`), then lists the hub once per process
+    (:func:`list_branches`: never with ``HF_HUB_OFFLINE`` set).
     """
-    if _hub_offline():
-        return None, "HF_HUB_OFFLINE is set, so kdyn did not look its branches up on the hub"
-    try:
-        branches = _repo_branches(repo)
-    except Exception as exc:  # network, auth, a missing huggingface_hub: report, never crash here
-        return None, f"listing the branches of {repo} failed ({type(exc).__name__}: {exc})"
+    branch = branch_for_step(cached_branches(repo), step)
+    if branch is not None:
+        return branch, ""
+    branches, why_not = list_branches(repo)
+    if branches is None:
+        return None, why_not
     branch = branch_for_step(branches, step)
     if branch is None:
         return None, f"{repo} has no branch step{step}[-tokens<N>B] among its {len(branches)} branches"
     logging.getLogger(__name__).info("%s: step %d is branch %s (looked up on the hub)", repo, step, branch)
     return branch, ""
+
+
+def list_branches(repo: str) -> tuple[tuple[str, ...] | None, str]:
+    """``(branch names, "")`` of ``repo`` from the hub, or ``(None, why not)``; never raises.
+
+    The hub is asked at most once per repo and process (``huggingface_hub.list_repo_refs``), never when
+    ``HF_HUB_OFFLINE`` is set; a successful listing is written to the branch cache
+    (``$KDYN_CACHE_DIR/branches/<org>--<name>.json``) so that a rerun finds its branch without asking.
+    """
+    if _hub_offline():
+        return None, f"HF_HUB_OFFLINE is set, so kdyn did not list the branches of {repo} on the hub"
+    try:
+        branches = _repo_branches(repo)
+    except Exception as exc:  # network, auth, a missing huggingface_hub: report, never crash here
+        return None, f"listing the branches of {repo} failed ({type(exc).__name__}: {exc})"
+    _write_branch_cache(repo, branches)
+    return branches, ""
+
+
+def cached_branches(repo: str) -> tuple[str, ...]:
+    """The branch names of ``repo`` from kdyn's branch cache (empty when never listed or unreadable)."""
+    try:
+        data = json.loads(_branch_cache_path(repo).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ()
+    names = data.get("branches") if isinstance(data, dict) and data.get("repo") == repo else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return ()
+    return tuple(names)
+
+
+def _branch_cache_path(repo: str) -> Path:
+    root = Path(os.path.expandvars(os.environ.get("KDYN_CACHE_DIR", "~/.cache/kdyn"))).expanduser()
+    return root / "branches" / (repo.replace("/", "--") + ".json")
+
+
+def _write_branch_cache(repo: str, branches: Sequence[str]) -> None:
+    import tempfile
+    from datetime import datetime, timezone
+
+    path = _branch_cache_path(repo)
+    if cached_branches(repo) == tuple(sorted(branches)):
+        return
+    record = {"repo": repo, "listed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "source": "huggingface_hub.list_repo_refs", "branches": sorted(branches)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=1)
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache only costs a hub listing next time
+        logging.getLogger(__name__).debug("could not write the branch cache %s: %s", path, exc)
 
 
 def _hub_offline() -> bool:
@@ -309,6 +384,31 @@ def _repo_branches(repo: str) -> tuple[str, ...]:
     from huggingface_hub import list_repo_refs
 
     return tuple(ref.name for ref in list_repo_refs(repo).branches)
+
+
+def parse_olmo2_branch(name: str) -> tuple[int, int | None, int] | None:
+    """``(stage, ingredient or None, step)`` of an OLMo-2 branch name, or None for any other name.
+
+    ``stage1-step928646-tokens3896B`` -> ``(1, None, 928646)``;
+    ``stage2-ingredient1-step11931-tokens50B`` -> ``(2, 1, 11931)``.
+    """
+    m = _OLMO2_BRANCH_RE.match(name)
+    if m is None:
+        return None
+    ingredient = int(m.group(1)) if m.group(1) is not None else None
+    return (1 if ingredient is None else 2), ingredient, int(m.group(2))
+
+
+@cache
+def load_olmo2_anchors(filename: str) -> tuple[str, ...]:
+    """The OLMo-2 anchor branches shipped in ``kdyn/models/branches/`` (validated branch names)."""
+    names = []
+    for lineno, content in _read_data_lines(filename):
+        if parse_olmo2_branch(content) is None:
+            raise KdynError(f"kdyn/models/branches/{filename}:{lineno}: {content!r} is not an OLMo-2 branch name "
+                            "(stage1-step<N>-tokens<T>B or stage2-ingredient<k>-step<N>-tokens<T>B)")
+        names.append(content)
+    return tuple(names)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -342,7 +442,7 @@ def _list_text(steps: Sequence[int]) -> str:
     return ", ".join(map(str, steps[:4])) + ", …, " + ", ".join(map(str, steps[-2:]))
 
 
-_USED_KEYS = ("name", "family", "repo", "step", "revision", "path")
+_USED_KEYS = ("name", "family", "repo", "step", "revision", "path", "stage", "ingredient")
 
 
 def _as_dict(model_cfg: Any) -> dict[str, Any]:
@@ -551,6 +651,99 @@ def _resolve_olmo(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
     raise KdynError(f"{who} ({spec.repo}) has no checkpoint at step {step} that kdyn can resolve; {what}. {hint}")
 
 
+def _parse_positive(value: Any, key: str, who: str, fix: str) -> int | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise KdynError(f"{who}: model.{key} must be a positive whole number, got {value!r}; {fix}")
+    return int(text)
+
+
+def _olmo2_series(stage: int, ingredient: int | None) -> str:
+    return "stage 1" if stage == 1 else f"stage 2 ingredient {ingredient}"
+
+
+def _olmo2_find(branches: Iterable[str], stage: int, ingredient: int | None, step: int) -> str | None:
+    for name in sorted(branches):
+        if parse_olmo2_branch(name) == (stage, ingredient, step):
+            return name
+    return None
+
+
+def _resolve_olmo2(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
+    spec = OLMO2_MODELS.get(str(name))
+    if spec is None:
+        raise KdynError(f"unknown OLMo-2 model {name!r}; valid names are {', '.join(OLMO2_MODELS)}. For another "
+                        "repo use model=hub model.repo=ORG/NAME model.revision=<branch>")
+    who = str(name)
+    repo_cfg = cfg.get("repo")
+    repo = _check_repo_id(repo_cfg, who) if repo_cfg is not None else spec.repo
+    revision = _parse_revision(cfg.get("revision"), who)
+    if revision is not None:
+        return _explicit(who, "olmo2", repo, revision)
+    step = _parse_step(cfg.get("step"), who)
+    stage = _parse_positive(cfg.get("stage"), "stage", who, "use model.stage=1 (pretraining) or model.stage=2 "
+                            "(mid-training, with model.ingredient=k)")
+    ingredient = _parse_positive(cfg.get("ingredient"), "ingredient", who,
+                                 "stage-2 ingredients are numbered from 1, e.g. model.ingredient=1")
+    stage = stage if stage is not None else (2 if ingredient is not None else 1)
+    anchors = load_olmo2_anchors(spec.anchors) if repo.lower() == spec.repo.lower() else ()
+    if stage not in (1, 2):
+        raise KdynError(f"{who}: model.stage={stage} does not exist; OLMo-2 has stage 1 (pretraining) and stage 2 "
+                        "(mid-training): set model.stage=1, or model.stage=2 with model.ingredient=k")
+    if stage == 1 and ingredient is not None:
+        raise KdynError(f"{who}: model.ingredient={ingredient} applies to stage 2 only (stage 1 is one run); set "
+                        "model.stage=2 to load that ingredient, or model.ingredient=null for stage 1")
+    if stage == 2 and ingredient is None:
+        present = sorted({p[1] for p in map(parse_olmo2_branch, anchors) if p and p[1] is not None})
+        raise KdynError(f"{who}: stage 2 was trained as separate runs ('ingredients'{', numbered ' if present else ''}"
+                        f"{', '.join(map(str, present))}), each with its own branches; choose one with "
+                        f"model.ingredient=k, e.g. model.ingredient={present[0] if present else 1}")
+    if step is None:
+        if cfg.get("stage") is not None or ingredient is not None:
+            last = [p[2] for p in map(parse_olmo2_branch, anchors) if p and p[:2] == (stage, ingredient)]
+            example = f" (its final step is {max(last)})" if last else ""
+            raise KdynError(f"{who}: model.step is null, which means the released model (branch main), but "
+                            f"model.stage/model.ingredient ask for {_olmo2_series(stage, ingredient)}; pass "
+                            f"model.step=N{example}, or drop model.stage and model.ingredient to load main")
+        return CheckpointRef(name=who, family="olmo2", location=repo, revision=None, step=None)
+
+    series = _olmo2_series(stage, ingredient)
+    wanted = f"stage1-step{step}-tokens<T>B" if stage == 1 else f"stage2-ingredient{ingredient}-step{step}-tokens<T>B"
+    known = tuple(anchors) + cached_branches(repo)
+    branch = _olmo2_find(known, stage, ingredient, step)
+    if branch is not None:
+        return CheckpointRef(name=who, family="olmo2", location=repo, revision=branch, step=step)
+    listed, why_not = list_branches(repo)
+    if listed is not None:
+        branch = _olmo2_find(listed, stage, ingredient, step)
+        if branch is not None:
+            logging.getLogger(__name__).info("%s: %s step %d is branch %s (looked up on the hub)", repo, series,
+                                             step, branch)
+            return CheckpointRef(name=who, family="olmo2", location=repo, revision=branch, step=step)
+    pool = listed if listed is not None else known
+    parsed = [p for p in map(parse_olmo2_branch, pool) if p is not None]
+    steps = sorted({p[2] for p in parsed if p[:2] == (stage, ingredient)})
+    if steps:
+        text = _nearest_text(steps, step)
+        nearest = f"the nearest {series} step{'s are' if ',' in text else ' is'} {text}"
+    else:
+        ingredients = sorted({p[1] for p in parsed if p[1] is not None})
+        nearest = f"there are no {series} branches" + (
+            f" (stage-2 ingredients: {', '.join(map(str, ingredients))})" if ingredients else "")
+    if listed is not None:
+        raise KdynError(
+            f"{who}: {repo} has no {series} checkpoint at step {step} (no branch {wanted} among its {len(listed)} "
+            f"branches); {nearest}. Set model.step to one of them, or pass model.revision=<branch>")
+    raise KdynError(
+        f"{who}: kdyn cannot find the {series} branch for step {step} ({wanted}): {why_not}, and the {len(known)} "
+        f"branches it knows without the hub (kdyn/models/branches/{spec.anchors} and its branch cache) do not include "
+        f"it; {nearest}. Set model.step to one of those, or pass the branch name as model.revision={wanted} "
+        f"(names: huggingface_hub.list_repo_refs('{repo}')), or run once with the hub reachable so kdyn lists and "
+        "caches the branches")
+
+
 def _resolve_gpt2(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
     if name not in GPT2_MODELS:
         raise KdynError(f"unknown GPT-2 model {name!r}; valid names are {', '.join(GPT2_MODELS)}")
@@ -647,7 +840,7 @@ def _resolve_hub(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
         return CheckpointRef(name=ref_name, family="hub", location=ref.location, revision=ref.revision, step=ref.step)
     raise KdynError(
         f"{who}: kdyn cannot map model.step={step} to a branch of {repo} (it only knows the branch names of "
-        f"{', '.join(['pythia-*', *OLMO_MODELS])}); pass the branch explicitly with model.revision=<branch> "
+        f"{', '.join(['pythia-*', *OLMO_MODELS, *OLMO2_MODELS])}); pass the branch explicitly with model.revision=<branch> "
         f"(model.step={step} is then kept as the recorded training step)"
     )
 
@@ -659,6 +852,7 @@ def _resolve_tiny(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
 _RESOLVERS = {
     "pythia": _resolve_pythia,
     "olmo": _resolve_olmo,
+    "olmo2": _resolve_olmo2,
     "gpt2": _resolve_gpt2,
     "local": _resolve_local,
     "hub": _resolve_hub,
