@@ -4,8 +4,9 @@ Researchers pick a checkpoint with two Hydra overrides, ``model=<name>`` (a file
 and ``model.step=<N>`` (a training step). :func:`resolve_checkpoint` checks the pair against what is
 known to exist and returns a :class:`CheckpointRef` (repo id or local folder, branch, step). It is
 pure: no downloads; the only I/O is reading kdyn's own package data, for ``model=local`` looking
-at the folder, and, for an official OLMo-1B step missing from kdyn's table, one request for the
-repo's branch list when the hub is reachable (see below). Anything invalid raises :class:`kdyn.errors.KdynError` with
+at the folder, and, for an official OLMo-1B step missing from kdyn's table or an OLMo-2 step that
+is not an anchor, reading the branch cache and (once, when the hub is reachable) the repo's branch
+list (see below). Anything invalid raises :class:`kdyn.errors.KdynError` with
 one message that says what is wrong and how to fix it, so a bad step fails in milliseconds instead of
 after (or halfway through) a multi-gigabyte download.
 
@@ -41,6 +42,22 @@ Families (``model.family``)
     except an official OLMo-1B step: unless ``HF_HUB_OFFLINE`` is set, kdyn then lists the repo's
     branches once (``huggingface_hub.list_repo_refs``, cached per process) and uses the branch named
     ``step<N>-tokens<T>B``; offline, or if the listing fails, the error says so and how to proceed.
+``olmo2``
+    ``olmo2-1b`` -> ``allenai/OLMo-2-0425-1B``, ``olmo2-7b`` -> ``allenai/OLMo-2-1124-7B``, ``olmo2-13b`` ->
+    ``allenai/OLMo-2-1124-13B``. Two training stages with separate step counters: ``model.step=N``
+    with ``model.stage=1`` (default) is branch ``stage1-step<N>-tokens<T>B``; ``model.stage=2
+    model.ingredient=k`` (one of the mid-training runs, "ingredients") is
+    ``stage2-ingredient<k>-step<N>-tokens<T>B``; ``model.step=null`` is ``main`` (the released model).
+    The token count cannot be computed from the step, so the branch is found, in order, among the
+    anchor branches the OLMo README documents (``olmo2-*.txt`` in ``kdyn/models/branches/``: the end
+    of stage 1 and of every ingredient), the branch cache, and the hub's branch list
+    (:func:`list_branches`). A step with no branch fails with the nearest steps of the same stage and
+    ingredient; offline, from the anchors and the cache, naming ``model.revision``.
+
+Branch listings (``olmo-1b`` official steps and ``olmo2``) are asked of the hub at most once per repo
+and process, never when ``HF_HUB_OFFLINE`` is set, and written to
+``$KDYN_CACHE_DIR/branches/<org>--<name>.json`` (default ``~/.cache/kdyn``), which later runs read
+first, so a rerun resolves the same step without the hub.
 ``gpt2``
     ``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl`` -> ``openai-community/gpt2`` etc. (the
     canonical ids since 2024; the legacy ids ``gpt2``, ``gpt2-medium``, ... redirect to them). OpenAI
