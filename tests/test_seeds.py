@@ -214,3 +214,27 @@ def test_two_seeds_of_the_default_job_differ(saved_models, corpus_jsonl, compose
               "callbacks.checkpoint.every_n_train_steps=1000"]
     losses = [train(compose_train(*common, f"seed={seed}"))["final_loss"] for seed in (1, 2)]
     assert losses[0] != losses[1]
+
+
+SEED_SWEEPS = sorted(p.stem for p in (__import__("pathlib").Path(__file__).parents[1] / "sweeps").glob("seeds_*.yaml"))
+
+
+@pytest.mark.parametrize("name", SEED_SWEEPS)
+def test_seed_grids_compose_and_sweep_a_seed_key(name):
+    import os
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from kdyn.config import CONF_DIR
+    from kdyn.report.seeds import SEED_KEYS
+
+    sweeps = CONF_DIR.parent / "sweeps"
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=os.fspath(sweeps), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=[f"hydra.searchpath=[file://{CONF_DIR}]"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    params = dict(cfg.hydra.sweeper.params)
+    assert any(key in SEED_KEYS for key in params), params
+    assert cfg.sweep_id == name
+    assert len({int(s) for key in params if key in SEED_KEYS for s in str(params[key]).split(",")}) >= 3
