@@ -149,3 +149,25 @@ def test_a_job_failing_at_run_time_under_submitit_local(tmp_path):
     proc = _kdyn("kdyn.train", ["-m", "hydra/launcher=local", f"hydra.sweep.dir={sweep}", FAIL_CALLBACK,
                                 "+callbacks.fail.enabled=true,false", *TINY_RUN], tmp_path)
     _check_runtime_failure(proc, sweep, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_job_killed_outright_under_submitit_local(tmp_path):
+    """SIGKILL (the kernel's out-of-memory killer): submitit stops waiting; the sweep names the job, exits 1,
+    and the other job still completes."""
+    import time
+
+    sweep = tmp_path / "sweep"
+    proc = _kdyn("kdyn.train", ["-m", "hydra/launcher=local", f"hydra.sweep.dir={sweep}",
+                                "+callbacks.kill._target_=tests.sweep_helpers.KillAtStep",
+                                "+callbacks.kill.enabled=true,false", *TINY_RUN], tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    line = _lines(proc.stderr, "kdyn-train: job 0 ")
+    assert len(line) == 1 and "failed: no result when the launcher stopped waiting" in line[0], proc.stderr[-3000:]
+    assert f"(run folder {sweep / '0'}" in line[0]
+    assert "Traceback" not in proc.stderr
+    deadline = time.time() + 300
+    while not (sweep / "1" / "results.json").is_file() and time.time() < deadline:
+        time.sleep(2)
+    assert json.loads((sweep / "1" / "results.json").read_text())["status"] == "completed"
+    assert not (sweep / "0" / "results.json").exists()

@@ -96,13 +96,13 @@ def sweep(sweeper: Any, arguments: Sequence[str]) -> list[Sequence[Any]]:
         try:
             results = list(sweeper.launcher.launch(batch, initial_job_idx=start))
         except Exception as e:  # noqa: BLE001 - e.g. submitit: a job lost after its requeues
-            print(f"{tool}: the launcher stopped waiting for this batch: {_one_line(e)}", file=sys.stderr)
+            print(f"{tool}: the launcher stopped waiting for this batch: {_clip(_one_line(e))}", file=sys.stderr)
             results = []
-            for job in batch_jobs:
+            for job in batch_jobs:  # those without a result file now: killed, lost, or (submitit) still running
                 job.folder = job_folder(config, loader, job)
                 if not _has_result(job.folder):
-                    failures.append((job, "no result: the job died, was killed or is still running (its log says "
-                                          "which)"))
+                    failures.append((job, "no result when the launcher stopped waiting: the job was killed, lost "
+                                          "after its requeues, or is still running (its log says which)"))
         else:
             for job, result in zip(batch_jobs, results):
                 problem = job_failure(result)
@@ -292,6 +292,10 @@ def swept_keys(jobs: Sequence[Job]) -> set[str] | None:
 
 def _key(override: str) -> str:
     return override.split("=", 1)[0]
+
+
+def _clip(text: str, width: int = 240) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _one_line(e: BaseException | str) -> str:
