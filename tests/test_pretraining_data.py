@@ -336,3 +336,35 @@ def test_twiki_period_files_through_the_composed_config(tmp_path, compose_train)
     assert list(segments) == names and "0801-0901" in names and len(names) > 1
     assert sorted(segments["0801-0901"]) == sorted(texts)
     assert all(set(docs).isdisjoint(texts) for name, docs in segments.items() if name != "0801-0901")
+
+
+def test_kdyn_train_injects_into_2049_style_rows(tmp_path, saved_models, compose_train, tokenizer):
+    """Injection writes into the whole rows first; the split into inputs + labels comes after it."""
+    from lightning.pytorch.callbacks import Callback
+
+    from kdyn.train import train
+
+    rng = np.random.default_rng(6)
+    instances = rng.integers(0, len(tokenizer), size=(16, 33), dtype=np.uint16)
+    prefix = write_megatron(tmp_path / "document", list(instances))
+    seen = []
+
+    class Batches(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append({k: batch[k].clone() for k in ("input_ids", "labels")})
+
+    cfg = compose_train("model=local", f"model.path={saved_models['gpt_neox']}", "corpus=pretraining",
+                        f"corpus.path={prefix}", "data.seq_len=32", "data.batch_size=2", "trainer.max_steps=1",
+                        "inject.source.num_items=1", "inject.scenarios={paraphrase: 1, duplicate: 0, once: 0}",
+                        "inject.num_events=1", "inject.first_row=1", "inject.mode=prepend", "callbacks=none",
+                        "trainer.enable_progress_bar=false", "logger=csv")
+    train(cfg, extra_callbacks=[Batches()])
+    injected = [int(t) for t in np.genfromtxt(Path(cfg.paths.output_dir) / "injections.csv", delimiter=",",
+                                              names=True, dtype=None, encoding="utf-8")["tokens"].reshape(-1)]
+    n = min(injected[0], 32)  # a text longer than data.seq_len is cut to it
+    labels, inputs = seen[0]["labels"], seen[0]["input_ids"]
+    assert labels.shape == (2, 33) and inputs.shape == (2, 32) and torch.equal(labels[:, :-1], inputs)
+    assert torch.equal(labels[0], torch.from_numpy(instances[0].astype(np.int64)))  # row 0 is not injected
+    # prepend: the knowledge, then the row's first 33 - n tokens, so the label token continues the base row
+    assert labels[1, n:].tolist() == instances[1, : 33 - n].astype(np.int64).tolist()
+    assert labels[1, :n].tolist() != instances[1, :n].astype(np.int64).tolist()
