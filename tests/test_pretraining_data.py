@@ -75,6 +75,8 @@ def test_megatron_2049_style_instances_from_start_step(tmp_path):
     # Pythia's batch of step S is sequences [S*B, (S+1)*B): the checkpoint of step 3 trains next on 12..15
     assert torch.equal(table.rows(np.arange(4)), torch.from_numpy(instances[12:16].astype(np.int64)))
     assert torch.equal(all_rows(table), torch.from_numpy(instances[12:].astype(np.int64)))
+    capped = open_pretraining_rows(corpus(prefix, start_step=3, global_batch_size=4), {**data(), "max_rows": 5})
+    assert torch.equal(all_rows(capped), torch.from_numpy(instances[12:17].astype(np.int64)))  # data.max_rows
     # PREFIX.bin / PREFIX.idx name the same dataset
     again = open_pretraining_rows(corpus(f"{prefix}.idx", start_step=3, global_batch_size=4), data())
     assert torch.equal(all_rows(again), all_rows(table))
@@ -236,6 +238,9 @@ def test_faults_name_the_file_and_what_was_expected(tmp_path):
     np.array([0, 3, 10, 1], dtype=np.uint32).tofile(tmp_path / "order.npy")
     fails(r"order file .*order\.npy: entry 2 is instance 10, but .* holds 10 instances of 8 tokens",
           corpus(tmp_path / "ok.npy", format="numpy", global_indices=str(tmp_path / "order.npy")))
+    np.save(tmp_path / "float_order.npy", np.arange(4, dtype=np.float32))
+    fails(r"float_order\.npy holds float32 values; expected integer instance indices",
+          corpus(tmp_path / "ok.npy", format="numpy", global_indices=str(tmp_path / "float_order.npy")))
 
 
 def test_token_ids_outside_the_vocabulary_fail_with_the_file_and_position(tmp_path):

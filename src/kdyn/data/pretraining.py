@@ -241,9 +241,11 @@ class PretrainingRows:
 
     def __init__(self, instances: InstanceFiles, *, order: np.ndarray | None = None, first: int = 0,
                  label_token: bool = False, vocab_size: int | None = None, source: str = "",
-                 order_path: Path | None = None, start_step: int = 0, original_batch: int | None = None):
+                 order_path: Path | None = None, start_step: int = 0, original_batch: int | None = None,
+                 max_rows: int | None = None):
         self.instances, self.order, self.first = instances, order, int(first)
         self.start_step, self.original_batch = start_step, original_batch
+        self.max_rows = max_rows  # data.max_rows: serve (and wrap over) only the first rows from start_step
         self.seq_len = instances.length
         self.label_token = label_token
         self.vocab_size = vocab_size
@@ -260,7 +262,7 @@ class PretrainingRows:
 
     def __len__(self) -> int:
         total = len(self.order) if self.order is not None else len(self.instances)
-        return total - self.first
+        return total - self.first if self.max_rows is None else min(total - self.first, self.max_rows)
 
     def instance_ids(self, positions: np.ndarray) -> np.ndarray:
         """The original instance numbers of row positions (validated against the data)."""
@@ -365,6 +367,9 @@ def open_pretraining_rows(corpus: Mapping[str, Any], data: Mapping[str, Any],
         order = open_token_array(order_path, np.dtype(np.uint32), "order file")
         if len(order) == 0:
             raise KdynError(f"order file {order_path} is empty")
+        if order.dtype.kind not in "iu":
+            raise KdynError(f"order file {order_path} holds {order.dtype} values; expected integer instance indices "
+                            f"(OLMo: uint32)")
     total = len(order) if order is not None else len(instances)
     start_step, batch = int(corpus.get("start_step") or 0), corpus.get("global_batch_size")
     if start_step and not batch:
@@ -378,7 +383,8 @@ def open_pretraining_rows(corpus: Mapping[str, Any], data: Mapping[str, Any],
     vocab = vocab_size if vocab_size is not None else corpus.get("vocab_size")
     table = PretrainingRows(instances, order=order, first=first, label_token=length == seq_len + 1,
                             vocab_size=int(vocab) if vocab else None, source=source, order_path=order_path,
-                            start_step=start_step, original_batch=int(batch) if batch else None)
+                            start_step=start_step, original_batch=int(batch) if batch else None,
+                            max_rows=int(data["max_rows"]) if data.get("max_rows") else None)
     table.instance_ids(np.arange(min(ORDER_CHECK, len(table))))  # the first steps' order entries, now
     log.info("corpus=pretraining: %s, %d instances of %d tokens%s; row 0 = instance position %d (start_step %d × %s)",
              source, len(instances), length, f" in the order of {order_path}" if order_path else "", first,
