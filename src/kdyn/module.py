@@ -73,14 +73,28 @@ class CausalLMModule(pl.LightningModule):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
-    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         logits = self(batch["input_ids"], batch.get("attention_mask"))
         loss, n_targets = causal_lm_loss(logits, batch["input_ids"], batch.get("attention_mask"), batch.get("labels"))
         mask = batch.get("attention_mask")
         n_tokens = mask.sum() if mask is not None else torch.tensor(batch["input_ids"].numel(), device=self.device)
+        global_loss, n_tokens = self._global_loss_and_tokens(loss.detach(), n_targets, n_tokens)
         self.tokens_seen += n_tokens.to(self.tokens_seen.dtype)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        return loss
+        self.log("train/loss", global_loss, prog_bar=True, on_step=True, on_epoch=False)
+        return {"loss": loss, "global_loss": global_loss}
+
+    def _global_loss_and_tokens(self, loss: torch.Tensor, n_targets: torch.Tensor,
+                                n_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss over the *global* batch (token-weighted: every rank's loss sum over every rank's
+        targets) and the global batch's tokens, so what is logged and reported does not depend on the
+        number of devices. One process: the local values, untouched. Several: one all-reduce of three
+        numbers per step (fp64, so token counts stay exact)."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size <= 1:
+            return loss, n_tokens
+        sums = torch.stack([loss.double() * n_targets.double(), n_targets.double(), n_tokens.double()])
+        sums = trainer.strategy.reduce(sums, reduce_op="sum")
+        return (sums[0] / sums[1].clamp(min=1)).to(loss.dtype), sums[2].round().long()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Learning rate and tokens seen, every ``trainer.log_every_n_steps`` steps, straight to the

@@ -32,7 +32,8 @@ class RunSummary(pl.Callback):
         self.start_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        # the global batch's loss under DDP (CausalLMModule returns it next to this rank's loss)
+        loss = outputs.get("global_loss", outputs["loss"]) if isinstance(outputs, dict) else outputs
         if loss is not None:
             if self.first_loss is None and self._first is None:
                 self._first = loss.detach()
