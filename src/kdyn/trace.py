@@ -39,6 +39,7 @@ DEFINITION = ("g_span(l) = mean over examples of ||grad_l L_span|| (CE on the sa
 def trace_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]:
     """Trace the checkpoint described by a composed ``trace`` config; returns layer_stats.json."""
     from kdyn.data.diagnostics import diagnostic_clozes, subsample, tokenize_clozes
+    from kdyn.interventions.layer_selection import model_architecture
     from kdyn.metrics.grad_norms import NORMS, trace_layer_norms
     from kdyn.models.ffn import locate_ffn, parameter_groups_by_layer
     from kdyn.models.loading import load_model
@@ -84,6 +85,7 @@ def trace_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict[s
         "status": "completed",
         "model": model_record(loaded, model_type=ffn.model_type,
                               dtype=str(next(model.parameters()).dtype).removeprefix("torch.")),
+        "architecture": model_architecture(loaded.model, ffn),  # training refuses these stats for another model
         "granularity": settings["granularity"],
         "norm": settings["norm"],
         "layers": layers,

@@ -58,6 +58,48 @@ def load_layer_stats(path_or_run_dir: str | Path) -> dict[str, Any]:
     return stats
 
 
+# Keys of a Hugging Face config that do not change the architecture (paths, dtype, runtime switches).
+_VOLATILE_CONFIG_KEYS = ("transformers_version", "torch_dtype", "dtype", "use_cache", "attn_implementation",
+                         "output_attentions", "output_hidden_states", "return_dict", "architectures")
+
+
+def model_architecture(model: Any, ffn: Any) -> dict[str, Any]:
+    """What identifies a model's layers: the number of FFN layers, their widths and a hash of its
+    architecture config (``layer_stats.json`` records it; training refuses stats of another model)."""
+    import hashlib
+
+    config = model.config.to_dict() if hasattr(model, "config") else {}
+    kept = {k: v for k, v in config.items() if not str(k).startswith("_") and k not in _VOLATILE_CONFIG_KEYS}
+    digest = hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"num_layers": int(ffn.num_layers), "d_ff": [int(d) for d in ffn.d_ff],
+            "model_type": config.get("model_type"), "config_sha256": digest}
+
+
+def check_traced_model(stats: Mapping[str, Any], model: Any, ffn: Any, where: str,
+                       groups: Mapping[str, Any] | None = None) -> None:
+    """Refuse layer statistics traced on another model (one check for localize and localize_alr).
+
+    ``stats["architecture"]`` (written by kdyn-trace) must match this model's; stats without it (older
+    files) must at least name exactly this model's layers (``groups``: its parameter groups by layer).
+    """
+    traced = stats.get("architecture")
+    here = model_architecture(model, ffn)
+    source = stats.get("model") or {}
+    named = f"{source.get('name', '?')} (step {source.get('step')})" if source else "another model"
+    fix = "trace this model with kdyn-trace (same model=… / model.step=…) and pass that run's layer_stats.json"
+    if isinstance(traced, Mapping):
+        for key in ("num_layers", "d_ff", "config_sha256"):
+            if traced.get(key) != here[key]:
+                raise KdynError(f"{where} was traced on {named} with {key}={traced.get(key)}, but this model has "
+                                f"{key}={here[key]}; {fix}")
+    if groups is not None:
+        layers = [str(x) for x in stats.get("layers", [])]
+        mine = [g for g in groups if g != "other"]
+        if sorted(layers) != sorted(mine):
+            raise KdynError(f"{where} names layers {layers} but this model's layers are {mine} (traced on {named}); "
+                            f"{fix}")
+
+
 def validate_layer_stats(stats: Any, where: str = "layer stats") -> None:
     """Raise `KdynError` naming the first problem of a layer-stats dict."""
     if not isinstance(stats, Mapping):

@@ -76,7 +76,7 @@ class Localize(Intervention):
             load_layer_stats(self.layer_stats)
 
     def apply(self, ctx: InterventionContext) -> dict[str, Any]:
-        from kdyn.interventions.layer_selection import load_layer_stats, select_layers
+        from kdyn.interventions.layer_selection import check_traced_model, load_layer_stats, select_layers
 
         self.check()
         if self.rule == "explicit":
@@ -87,9 +87,12 @@ class Localize(Intervention):
             stats = load_layer_stats(self.layer_stats)
             chosen = select_layers(stats, self.set_name, rule=self.rule, k=self.k, layers=self.layers, seed=self.seed)
         split = stats.get("granularity", self.split) if stats else self.split
+        groups = _groups(ctx, split)
+        if stats:
+            check_traced_model(stats, ctx.model, ctx.ffn, f"intervention.layer_stats={self.layer_stats}", groups)
         record = {"rule": self.rule, "set": self.set_name, "layer_stats": self.layer_stats, "granularity": split,
                   "selected": chosen,
-                  **_freeze_all_but(ctx, _groups(ctx, split), chosen, self.train_other)}
+                  **_freeze_all_but(ctx, groups, chosen, self.train_other)}
         atomic_write_json(ctx.output_dir / "layers.json", record)
         return record
 
@@ -138,16 +141,14 @@ class LocalizeALR(Intervention):
         load_layer_stats(self.layer_stats)
 
     def apply(self, ctx: InterventionContext) -> dict[str, Any]:
-        from kdyn.interventions.layer_selection import alr_multipliers, load_layer_stats
+        from kdyn.interventions.layer_selection import alr_multipliers, check_traced_model, load_layer_stats
 
         self.check()
         stats = load_layer_stats(self.layer_stats)
         split = stats.get("granularity", self.split)
         multipliers = alr_multipliers(stats, self.set_name, clip=self.clip)
         groups = _groups(ctx, split)
-        missing = sorted(set(multipliers) - set(groups))
-        if missing:
-            raise KdynError(f"layer_stats names layers {missing} that this model does not have; trace the same model")
+        check_traced_model(stats, ctx.model, ctx.ffn, f"intervention.layer_stats={self.layer_stats}", groups)
         per_param = {}
         for group, names in groups.items():
             mult = self.other_multiplier if group == "other" else float(multipliers.get(group, 1.0))
