@@ -385,3 +385,21 @@ def test_ambiguous_down_suffix_asks_for_a_unique_one_and_following_it_works():
         locate_ffn(TwoPerLayer(), {"down_proj": "out"})
     ffn = locate_ffn(TwoPerLayer(), {"down_proj": "b.out"})
     assert [layer.down_name for layer in ffn.layers] == ["blocks.0.b.out", "blocks.1.b.out"] and ffn.d_ff == (12, 12)
+
+
+@pytest.mark.parametrize("model_type, ffn_params", [
+    ("opt", {"fc1", "fc2"}),  # the FFN sits directly in the decoder layer
+    ("phi3", {"mlp.gate_up_proj", "mlp.down_proj"}),
+    ("mpt", {"ffn.up_proj", "ffn.down_proj"}),
+])
+def test_attn_mlp_groups_put_only_the_ffn_in_mlp(model_type, ffn_params, layout_models):
+    from kdyn.models.ffn import parameter_groups_by_layer
+
+    model = layout_models[model_type]
+    groups = parameter_groups_by_layer(model, locate_ffn(model), "attn_mlp")
+    block = LAYOUTS[model_type][1].format(i=0).rsplit(".", 2 if ".mlp." in LAYOUTS[model_type][1]
+                                                        or ".ffn." in LAYOUTS[model_type][1] else 1)[0]
+    modules = {n[len(block) + 1:].rsplit(".", 1)[0] for n in groups["layer_0.mlp"]}
+    assert modules == ffn_params
+    attn = {n[len(block) + 1:] for n in groups["layer_0.attn"]}
+    assert attn and not any(n.startswith(tuple(ffn_params)) for n in attn)

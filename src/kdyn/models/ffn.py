@@ -90,6 +90,9 @@ UP_PROJECTIONS: tuple[UpLayout, ...] = (
     UpLayout("ff_proj", gate=None, half=0, models="OLMo-1 native ([up; gate])"),
 )
 
+#: Layouts whose FFN sits directly in the block (no MLP module of its own): the down projection's
+#: suffix -> the input projections beside it, so `attn_mlp` parameter groups can tell FFN from attention.
+_FLAT_FFN_INPUTS: Mapping[str, tuple[str, ...]] = {"fc2": ("fc1",), "ff_out": ("ff_proj",)}
 _HALVES = {"first": 0, "second": 1, "0": 0, "1": 1}
 _MOE_CONFIG_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
@@ -108,6 +111,13 @@ class FFNLayer:
     up_proj: nn.Module | None
     d_ff: int
     up_half: int | None = None  # fused up projection: which half of its 2·d_ff outputs is up
+    ffn_modules: tuple[str, ...] = ()  # when the FFN has no module of its own (OPT's fc1/fc2): its modules
+
+    def owns(self, parameter_name: str) -> bool:
+        """Whether a parameter belongs to this layer's FFN (rather than attention, norms, ...)."""
+        if self.mlp_name != self.block_name:
+            return parameter_name.startswith(self.mlp_name + ".")
+        return any(parameter_name.startswith(m + ".") for m in self.ffn_modules)
 
     def up_rows(self) -> torch.Tensor:
         """The up rows as a ``[d_ff, d_model]`` view of the weight (row i scales coefficient i exactly)."""
@@ -197,9 +207,15 @@ def locate_ffn(model: nn.Module, overrides: Mapping[str, Any] | None = None) -> 
             d_ff = _input_features(down, down_name)
             up_name, up_half = (_explicit_up(modules, parent, down_name, d_ff, up_override, half_override, model_type)
                                 if up_override is not None else _table_up(modules, parent, d_ff))
+            block_name = _block_name(down_name)
+            flat = ()
+            if parent == block_name:  # no MLP container: name the FFN's own modules
+                inputs = _FLAT_FFN_INPUTS.get(down_name.rsplit(".", 1)[-1], ())
+                flat = tuple(dict.fromkeys(
+                    [down_name, *(n for n in (_join(parent, i) for i in inputs) if n in modules), *filter(None, [up_name])]))
             layers.append(FFNLayer(
                 index=index,
-                block_name=_block_name(down_name),
+                block_name=block_name,
                 mlp_name=parent,
                 down_name=down_name,
                 down_proj=down,
@@ -207,6 +223,7 @@ def locate_ffn(model: nn.Module, overrides: Mapping[str, Any] | None = None) -> 
                 up_proj=modules[up_name] if up_name else None,
                 d_ff=d_ff,
                 up_half=up_half,
+                ffn_modules=flat,
             ))
         _check_layer_count(model, model_type, layers, down_suffix)
         gated = all(layer.up_proj is not None for layer in layers)
@@ -238,7 +255,7 @@ def parameter_groups_by_layer(model: nn.Module, ffn: FFNMap, split: str = "block
             if name.startswith(layer.block_name + "."):
                 key = f"layer_{layer.index}"
                 if split == "attn_mlp":
-                    key += ".mlp" if name.startswith(layer.mlp_name + ".") else ".attn"
+                    key += ".mlp" if layer.owns(name) else ".attn"
                 break
         groups.setdefault(key, []).append(name)
     return groups
