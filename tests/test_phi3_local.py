@@ -86,3 +86,28 @@ def test_resuscitation_on_a_saved_phi3_edits_the_up_half(phi3_dir, corpus_jsonl,
     assert results["status"] == "completed" and record["name"] == "resuscitate"
     assert 0 < record["scaled"] <= record["slots"] == NUM_LAYERS * 64
     assert torch.isfinite(torch.tensor(record["knowledge_entropy"]["after"]["total"]))
+
+
+@pytest.mark.parametrize("overrides", [[], ["model.ffn.up_proj=null"]])
+def test_up_proj_null_on_the_command_line_alone_is_fine(overrides, phi3_dir, corpus_jsonl, compose_train):
+    from kdyn.entropy import measure_checkpoint
+
+    cfg = compose_train("model=local", f"model.path={phi3_dir}", "corpus=text", f"corpus.path={corpus_jsonl}",
+                        "entropy.num_sequences=4", "entropy.seq_len=32", *overrides, config_name="entropy")
+    assert measure_checkpoint(cfg)["d_ff"] == [64] * NUM_LAYERS
+
+
+def test_gradient_tracing_then_localised_training_on_a_saved_phi3(phi3_dir, corpus_jsonl, compose_train):
+    from kdyn.trace import trace_checkpoint
+
+    cfg = compose_train("model=local", f"model.path={phi3_dir}", "trace.max_examples=2", "trace.granularity=attn_mlp",
+                        "trace.knowledge_source.num_items=2", "threads=1", config_name="trace")
+    trace_checkpoint(cfg)
+    stats = json.loads((Path(cfg.paths.output_dir) / "layer_stats.json").read_text())
+    assert stats["layers"] == ["layer_0.attn", "layer_0.mlp", "layer_1.attn", "layer_1.mlp"]
+    assert all(r > 0 for entry in stats["sets"].values() for r in entry["r"])
+    run = compose_train("intervention=localize", f"intervention.layer_stats={cfg.paths.output_dir}", "model=local",
+                        f"model.path={phi3_dir}", "corpus=text", f"corpus.path={corpus_jsonl}", "trainer.max_steps=1",
+                        "data.seq_len=32", "data.batch_size=4", *FAST_TRAINER)
+    results = train(run)
+    assert results["status"] == "completed" and results["intervention"]["name"] == "localize"
