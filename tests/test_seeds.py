@@ -133,7 +133,7 @@ def test_report_over_a_seed_sweep_prints_intervals(tmp_path, capsys):
     text = capsys.readouterr().out
     mean = sum(losses.values()) / 3
     half = 4.303 * math.sqrt(sum((x - mean) ** 2 for x in losses.values()) / 2) / math.sqrt(3)
-    assert f"final_loss {mean:.4g} ± {half:.2g} (n=3)" in text
+    assert f"      final_loss {mean:.4g} ± {half:.2g} (n=3)\n" in text
     with (tmp_path / "out" / "summary_seeds.csv").open() as f:
         row = next(r for r in csv.DictReader(f) if r["metric"] == "results.final_loss")
     assert row["n_seeds"] == "3" and row["few_seeds"] == "false" and float(row["mean"]) == pytest.approx(mean)

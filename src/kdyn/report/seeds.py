@@ -312,7 +312,8 @@ def format_seed_table(groups: Sequence[SeedGroup], rows: Sequence[Mapping[str, A
                 name = r["metric"].split(".", 1)[1].replace("knowledge.scenarios.", "")
                 parts.append(f"{name} {format_interval(r)}")
         flag = " (fewer than 3 seeds)" if g.n_seeds < MIN_SEEDS else ""
-        lines.append(f"  [{g.label}] {g.n_seeds} seed{'s' if g.n_seeds != 1 else ''}{flag}: " + ("; ".join(parts) or "-"))
+        lines.append(f"  [{g.label}] {g.n_seeds} seed{'s' if g.n_seeds != 1 else ''}{flag}" + (":" if parts else ""))
+        lines += [f"      {part}" for part in parts]
     return "\n".join(lines)
 
 
