@@ -108,8 +108,9 @@ def _text_documents(corpus: Mapping[str, Any]) -> Iterator[str]:
 
 
 def _jsonl_documents(path: Path, field: str) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = _utf8(raw, path, lineno)
             if not line.strip():
                 continue
             try:
@@ -129,8 +130,22 @@ def _jsonl_documents(path: Path, field: str) -> Iterator[str]:
                 yield text
 
 
+def _utf8(raw: bytes, path: Path, lineno: int = 1, offset: int = 0) -> str:
+    """Decode one line (or a whole file) of a corpus; bad bytes are one line naming file, line and column."""
+    if b"\x00" in raw:
+        raise KdynError(f"{path}:{lineno}: holds NUL bytes — a binary file, not a text corpus; corpus.path must be "
+                        "a UTF-8 .jsonl or text file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = lineno + raw[:e.start].count(b"\n")
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise KdynError(f"{path}:{line}:{column}: byte 0x{raw[e.start]:02x} is not UTF-8 text; corpora are read as "
+                        "UTF-8: convert the file (e.g. iconv -f latin1 -t utf-8) or fix that line") from None
+
+
 def _txt_documents(path: Path, split: str) -> Iterator[str]:
-    text = path.read_text(encoding="utf-8")
+    text = _utf8(path.read_bytes(), path).replace("\r\n", "\n").replace("\r", "\n")  # universal newlines
     if split == "file":
         if text.strip():
             yield text

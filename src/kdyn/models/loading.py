@@ -69,6 +69,8 @@ def load_model(model_cfg: Mapping[str, Any], tokenizer_corpus: Mapping[str, Any]
     checkpoint = _checkpoint_record(model_cfg, ref)
     revision = checkpoint.get("commit") if checkpoint.get("repo") and checkpoint.get("commit") else ref.revision
     kwargs = dict(revision=revision, trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+    from safetensors import SafetensorError
+
     try:
         config = AutoConfig.from_pretrained(ref.location, **kwargs)
         if seq_len is not None:
@@ -78,10 +80,13 @@ def load_model(model_cfg: Mapping[str, Any], tokenizer_corpus: Mapping[str, Any]
             ref.location, config=config, dtype=dtype,
             attn_implementation=model_cfg.get("attn_implementation") or "sdpa", **kwargs
         )
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
         hint = (" HF_HUB_OFFLINE=1 is set, so the checkpoint must already be in the Hugging Face cache; download it "
                 "on a machine with network access, or use model=local model.path=DIR.") if offline else ""
+        if isinstance(e, SafetensorError):  # e.g. a truncated model.safetensors (an interrupted download or copy)
+            hint = (f" The weights file in {ref.location} is truncated or corrupted: delete it and download or copy "
+                    "it again.")
         raise KdynError(f"cannot load {ref.describe()}: {first}.{hint}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; padding is always masked out
