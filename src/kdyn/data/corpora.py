@@ -130,10 +130,11 @@ def _jsonl_documents(path: Path, field: str) -> Iterator[str]:
                 yield text
 
 
-def _utf8(raw: bytes, path: Path, lineno: int = 1, offset: int = 0) -> str:
+def _utf8(raw: bytes, path: Path, lineno: int = 1) -> str:
     """Decode one line (or a whole file) of a corpus; bad bytes are one line naming file, line and column."""
     if b"\x00" in raw:
-        raise KdynError(f"{path}:{lineno}: holds NUL bytes — a binary file, not a text corpus; corpus.path must be "
+        line = lineno + raw[:raw.index(b"\x00")].count(b"\n")
+        raise KdynError(f"{path}:{line}: holds NUL bytes — a binary file, not a text corpus; corpus.path must be "
                         "a UTF-8 .jsonl or text file")
     try:
         return raw.decode("utf-8")
