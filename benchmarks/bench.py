@@ -8,7 +8,8 @@
 Sections: entropy, probes (measurement costs), overhead (kdyn-train vs a hand-written PyTorch loop),
 callbacks (the cost of each default callback), freeze (half the layers frozen), trace (kdyn-trace per
 diagnostic example), growth (step time and peak memory vs width, depth and sequence length, each case
-in its own process), gpu (tokens/s and MFU in bf16; skipped without CUDA). Environment: KDYN_BENCH_THREADS (torch threads),
+in its own process), gpu (tokens/s and MFU in bf16; skipped without CUDA), data (the token store:
+build throughput, peak memory vs corpus size, resume cost, tokens/s; KDYN_BENCH_DATA_CHARS sizes it). Environment: KDYN_BENCH_THREADS (torch threads),
 KDYN_PEAK_FLOPS (the GPU's peak bf16 FLOP/s when it is not in bench_gpu's table),
 KDYN_BENCH_DEVICE=gpu (run the growth section on the GPU).
 
@@ -47,6 +48,7 @@ SECTIONS = {
     "trace": ("bench_trace", "run", True),
     "growth": ("bench_growth", "run", True),
     "gpu": ("bench_gpu", "run", True),
+    "data": ("bench_data", "run", False),
 }
 
 

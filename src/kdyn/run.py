@@ -177,7 +177,8 @@ def _block_classes(model: Any) -> set[type]:
 
 # Keys that may differ between the attempts of one run without changing what it computes.
 _VOLATILE = ("paths", "hydra", "run_id", "sweep_id", "skip_completed", "resume", "threads", "logger", "sweep",
-             "trainer.enable_progress_bar", "callbacks.progress", "callbacks.checkpoint.every_n_train_steps")
+             "trainer.enable_progress_bar", "callbacks.progress", "callbacks.checkpoint.every_n_train_steps",
+             "data.store")  # the store serves the same rows as in-memory packing, wherever it lives
 RUN_CONFIG = "run_config.json"
 
 
