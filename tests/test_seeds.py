@@ -48,7 +48,7 @@ def test_t_interval_covers_the_true_mean_95_percent_of_the_time(n):
             xs = [rng.gauss(10.0, 3.0) for _ in range(n)]
             iv = t_interval(xs)
             normal_hits += abs(iv.mean - 10.0) <= 1.96 * iv.std / math.sqrt(n)
-        assert normal_hits / trials < 0.91
+        assert normal_hits / trials < 0.85  # theory: 2·F_t2(1.96) − 1 = 0.811
 
 
 def _run(name, seed=0, lr=3e-4, loss=1.0, source_seed=0, **extra) -> Run:
