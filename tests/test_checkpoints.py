@@ -36,7 +36,8 @@ OUR_CONFIGS = (
     + ["olmo-1b", "olmo-7b", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "local", "hub"]
 )
 SCHEMA_KEYS = {
-    "name", "family", "repo", "step", "revision", "path", "dtype", "attn_implementation", "trust_remote_code", "ffn"
+    "name", "family", "repo", "step", "revision", "path", "dtype", "attn_implementation", "trust_remote_code", "ffn",
+    "revision_lock",
 }
 CHECKPOINT_FAMILIES = {"pythia", "olmo", "olmo2", "gpt2", "local", "hub", "tiny"}
 
