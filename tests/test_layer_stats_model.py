@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from kdyn.errors import KdynError
-from kdyn.train import train
 from kdyn.trace import trace_checkpoint
+from kdyn.train import train
 from tests.conftest import FAST_TRAINER
 
 

@@ -104,3 +104,32 @@ def test_a_truncated_checkpoint_is_one_line_and_resume_false_starts_over(saved_m
     assert "\n" not in str(info.value) and "resume=false" in str(info.value) and str(last) in str(info.value)
     again = train(compose_cfg("train", [*args, "resume=false"], run))  # the fix the message names works
     assert again["steps_this_session"] == 3 and again["final_loss"] == first["final_loss"]
+
+
+@pytest.mark.slow
+def test_kdyn_train_sigterm_exits_143_and_the_rerun_finishes(saved_models, corpus_jsonl, tmp_path):
+    """The command line as a scheduler sees it: SIGTERM mid-run → checkpoint, results.json "interrupted",
+    exit status 143, lock released; the same command again resumes and exits 0."""
+    import signal
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    cmd = [sys.executable, "-m", "kdyn.train", *_args(saved_models, corpus_jsonl), "trainer.max_steps=400",
+           "run_id=r"]
+    run = tmp_path / "outputs" / "train" / "runs" / "r"
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run / "hparams.yaml").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)  # hparams.yaml: written when fit starts (Lightning's SIGTERM handler is in place)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-2000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "interrupted" and 0 < results["steps"] < 400
+    done = subprocess.run(cmd, cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = json.loads((run / "results.json").read_text())
+    assert final["status"] == "completed" and final["steps"] == 400
+    assert final["steps_this_session"] == 400 - results["steps"]
