@@ -14,7 +14,12 @@ BPE tokenizer (2,048 ids, so the store holds uint16). Sizes in characters: ``KDY
 3. time from process start to the first training step (warm store), and a resume at step 10,000
    (a checkpoint whose step counters were set to 10,000) ÷ a start at step 0; median of repeats;
 4. tokens/s of ``kdyn-train`` reading the store ÷ reading the same rows from an in-memory tensor
-   (``data.store.enabled=false``); shuffled rows, median step time per run, alternated runs.
+   (``data.store.enabled=false``); shuffled rows, median step time per run, alternated runs; and the
+   time `TrainingStream` takes to serve one micro-batch from either;
+5. the library choice: litdata's optimized dataset (litgpt's recipe: ``optimize`` with a
+   ``TokensLoader``, read by a ``StreamingDataLoader``) against the numpy memory map, on the small
+   corpus — build throughput (one process each), bytes per token on disk, time per batch read in
+   order, and the first batch after a resume half-way.
 """
 
 from __future__ import annotations
@@ -272,6 +277,104 @@ def _batch_access(corpus: Path, stores: Path, batches: int = 3000) -> dict[str, 
     return out
 
 
+# ----------------------------------------------------------------------------------- library choice
+def _litdata_build(corpus: Path, tokenizer, out: Path, workers: int = 1) -> None:
+    """litgpt's recipe: `litdata.optimize` over blocks of 1,024 lines, each document's ids + EOS an item."""
+    import shutil
+
+    import torch
+    from litdata import TokensLoader, optimize
+
+    starts, lines = [0], 0
+    with corpus.open("rb") as f:
+        for _ in f:
+            lines += 1
+            if lines % 1024 == 0:
+                starts.append(f.tell())
+    size = corpus.stat().st_size
+    blocks = [(a, b) for a, b in zip(starts, [*starts[1:], size]) if b > a]
+    eos = tokenizer.eos_token_id
+
+    def tokenize(block):
+        with corpus.open("rb") as f:
+            f.seek(block[0])
+            data = f.read(block[1] - block[0]).decode("utf-8")
+        texts = [json.loads(line)["text"] for line in data.splitlines() if line.strip()]
+        for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+            yield torch.tensor([*ids, eos], dtype=torch.int32)
+
+    shutil.rmtree(out, ignore_errors=True)
+    optimize(fn=tokenize, inputs=blocks, output_dir=str(out), chunk_bytes="64MB", item_loader=TokensLoader(),
+             num_workers=workers, verbose=False, start_method="fork")
+
+
+def _library_rows(corpus: Path, tokenizer, work: Path, repeats: int) -> list[Row]:
+    """litdata's optimized dataset (TokensLoader, StreamingDataLoader) against the numpy memory map."""
+    import shutil
+
+    import numpy as np
+    from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
+
+    from kdyn.data.datamodule import TrainingStream
+    from kdyn.data.store import build_store
+
+    node = {"name": "text", "path": str(corpus), "text_field": "text", "txt_split": "paragraph", "max_documents": None}
+    lit_dir, store_root = work / "litdata", work / "library-store"
+
+    def store_build():
+        shutil.rmtree(store_root, ignore_errors=True)
+        build_store(node, tokenizer, store_root)
+
+    builds = alternate({"store": store_build, "litdata": lambda: _litdata_build(corpus, tokenizer, lit_dir)}, repeats)
+    store = build_store(node, tokenizer, store_root)[0]
+    table = store.rows(128)
+    lit_bytes = sum(p.stat().st_size for p in lit_dir.iterdir())
+
+    def lit_loader():
+        dataset = StreamingDataset(str(lit_dir), item_loader=TokensLoader(block_size=128), shuffle=False, drop_last=True)
+        return StreamingDataLoader(dataset, batch_size=8, num_workers=0)
+
+    batches = len(table) // 8
+    stream = TrainingStream(table, 8, num_steps=batches)
+    start = time.perf_counter()
+    for k in range(batches):
+        stream[k]
+    store_read = (time.perf_counter() - start) / batches
+    start, count = time.perf_counter(), 0
+    for _ in lit_loader():
+        count += 1
+    lit_read = (time.perf_counter() - start) / count
+    # resume half-way: the memory map seeks; litdata restores its loader state
+    middle = batches // 2
+    start = time.perf_counter()
+    resumed = TrainingStream(store.rows(128), 8, num_steps=batches, start_step=middle)[0]["input_ids"]
+    store_resume = time.perf_counter() - start
+    loader = lit_loader()
+    it = iter(loader)
+    for _ in range(middle):
+        next(it)
+    state = loader.state_dict()
+    expected = next(it)
+    start = time.perf_counter()
+    again = lit_loader()
+    again.load_state_dict(state)
+    got = next(iter(again))
+    lit_resume = time.perf_counter() - start
+    same = bool(np.array_equal(got.numpy(), expected.numpy())) and bool(np.array_equal(resumed.numpy(), table.rows(
+        np.arange(middle * 8, middle * 8 + 8)).numpy()))
+    tokens = store.num_tokens
+    b_store, b_lit = min(builds["store"]), min(builds["litdata"])
+    return [
+        Row("data", "library: build (same file, 1 process)", "tokens/s memmap store ÷ litdata.optimize",
+            b_lit / b_store, "×", "", None, f"{tokens / b_store / 1e6:.2f} vs {tokens / b_lit / 1e6:.2f} M tok/s; on disk "
+            f"{store.size_bytes / tokens:.2f} vs {lit_bytes / tokens:.2f} bytes/token"),
+        Row("data", "library: read 8 × 128 batches in order", "µs per batch memmap ÷ litdata", store_read / lit_read,
+            "×", "", None, f"{store_read * 1e6:.0f} vs {lit_read * 1e6:.0f} µs"),
+        Row("data", f"library: resume at batch {middle:,}", "first batch, memmap ÷ litdata", store_resume / lit_resume,
+            "×", "", None, f"{store_resume * 1e3:.2f} vs {lit_resume * 1e3:.2f} ms; same rows as uninterrupted: {same}"),
+    ]
+
+
 def run(quick: bool = False) -> list[Row]:
     small_chars, large_chars = _sizes(quick)
     work = temp_dir("kdyn-bench-data-")
@@ -282,6 +385,7 @@ def run(quick: bool = False) -> list[Row]:
     stores = work / "stores"
     repeats = 1 if quick else 3
     rows = _build_ratio(small, tokenizer, repeats, work)
+    rows += _library_rows(small, tokenizer, work, repeats)
     rows += _rss_rows(model, small, large, stores, work, 1 if quick else 2)
     rows += _resume_rows(model, small, stores, work, repeats)
     rows += _throughput_rows(model, small, stores, work, repeats, 8 if quick else 40)
