@@ -74,6 +74,17 @@ def test_kdyn_train_refuses_a_folder_in_use_and_leaves_it_alone(holder, saved_mo
     assert not (folder / "checkpoints").exists() and not (folder / "results.json").exists()
 
 
+def test_the_holder_keeps_its_hydra_record(tmp_path):
+    """Hydra writes .hydra/config.yaml before kdyn runs, also for a run that is then refused: the
+    holder puts its own record back when it releases the folder."""
+    folder = tmp_path / "run"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("optim:\n  lr: 0.0003\n")
+    with RunFolderLock(folder):
+        (folder / ".hydra" / "config.yaml").write_text("optim:\n  lr: 0.01\n")  # the refused run's Hydra
+    assert (folder / ".hydra" / "config.yaml").read_text() == "optim:\n  lr: 0.0003\n"
+
+
 def test_resume_false_then_a_plain_rerun_resumes_the_new_run(saved_models, corpus_jsonl, tmp_path):
     run = tmp_path / "run"
     first = train(compose_cfg("train", _args(saved_models, corpus_jsonl), run))

@@ -4,6 +4,8 @@
   the whole run by the process that writes the folder (global rank 0). A second run of the same
   folder fails at once with one line naming the holder (pid, host, start time, command). The OS drops
   the lock when the holder exits in any way (even ``kill -9``), so a stale lock cannot block a rerun.
+  Hydra writes the refused run's ``.hydra/*.yaml`` before kdyn's code runs; the holder restores its
+  own record when it releases the folder.
 * :func:`start_over` — ``resume=false`` moves what an earlier run left (checkpoints, metrics, results
   …) into ``<run>/replaced/<UTC time>/``, so a later plain rerun can never resume the old run's
   checkpoint, and nothing the old run produced is lost.
@@ -38,6 +40,7 @@ class RunFolderLock:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self._lock = None
+        self._record: dict[Path, bytes] = {}
 
     def __enter__(self) -> RunFolderLock:
         from filelock import FileLock, Timeout
@@ -51,6 +54,7 @@ class RunFolderLock:
                                 "run to finish (or stop it: it saves a checkpoint and this command then resumes it), "
                                 "or give this run another run_id / output folder") from None
         self._lock = lock
+        self._record = {p: p.read_bytes() for p in sorted((self.folder / ".hydra").glob("*.yaml"))}
         owner = {"pid": os.getpid(), "host": socket.gethostname(),
                  "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
                  "command": " ".join(sys.argv)}
@@ -59,9 +63,21 @@ class RunFolderLock:
 
     def __exit__(self, *exc) -> None:
         if self._lock is not None:
+            for path, content in self._record.items():  # a refused run's Hydra overwrote them: put ours back
+                if not path.is_file() or path.read_bytes() != content:
+                    atomic_write_bytes(path, content)
             (self.folder / OWNER_FILE).unlink(missing_ok=True)
             self._lock.release()
             self._lock = None
+
+
+def atomic_write_bytes(path: Path, content: bytes) -> None:
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
+        f.write(content)
+    os.replace(tmp, path)
 
 
 def describe_owner(folder: Path) -> str:
