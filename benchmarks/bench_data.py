@@ -385,7 +385,13 @@ def run(quick: bool = False) -> list[Row]:
     stores = work / "stores"
     repeats = 1 if quick else 3
     rows = _build_ratio(small, tokenizer, repeats, work)
-    rows += _library_rows(small, tokenizer, work, repeats)
+    try:
+        import litdata  # noqa: F401 - only this comparison needs it (pip install litdata)
+    except ImportError:
+        rows.append(Row("data", "library: litdata vs memory map", "skipped", float("nan"), "", "", None,
+                        "litdata is not installed (pip install litdata to measure it)"))
+    else:
+        rows += _library_rows(small, tokenizer, work, repeats)
     rows += _rss_rows(model, small, large, stores, work, 1 if quick else 2)
     rows += _resume_rows(model, small, stores, work, repeats)
     rows += _throughput_rows(model, small, stores, work, repeats, 8 if quick else 40)
