@@ -89,14 +89,22 @@ def corpus_fingerprint(corpus: Mapping[str, Any]) -> str:
     return _sha(corpus_identity(corpus), kdyn.__version__, files)
 
 
+_TOKENIZER_FINGERPRINTS: dict[int, tuple[Any, str, int]] = {}  # id -> (tokenizer, fingerprint, length)
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     """A hash of the tokenizer's full definition (vocabulary, merges, normalisation, added tokens)."""
+    known = _TOKENIZER_FINGERPRINTS.get(id(tokenizer))
+    if known is not None and known[0] is tokenizer and len(tokenizer) == known[2]:
+        return known[1]
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         definition = backend.to_str()
     else:  # a slow tokenizer: its vocabulary and class
         definition = [type(tokenizer).__name__, sorted(tokenizer.get_vocab().items())]
-    return _sha(definition, getattr(tokenizer, "eos_token_id", None))
+    fingerprint = _sha(definition, getattr(tokenizer, "eos_token_id", None))
+    _TOKENIZER_FINGERPRINTS[id(tokenizer)] = (tokenizer, fingerprint, len(tokenizer))
+    return fingerprint
 
 
 def eos_handling(tokenizer) -> dict[str, Any]:
