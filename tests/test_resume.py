@@ -142,3 +142,38 @@ def test_rerunning_a_finished_run_trains_nothing(saved_models, corpus_jsonl, tmp
     assert again["steps"] == 3 and again["steps_this_session"] == 0
     assert again["final_loss"] == first["final_loss"] and again["tokens_seen"] == first["tokens_seen"]
     assert _metric_rows(tmp_path / "run" / "metrics.csv") == rows
+
+
+class SignalAt(pl.Callback):
+    def __init__(self, step: int, signum: int):
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_submitit_requeue_signal_checkpoints_at_the_step_end_then_requeues(saved_models, corpus_jsonl, tmp_path):
+    """submitit's USR2 handler requeues and exits at once; kdyn defers it to the end of the step, saves
+    last.ckpt, writes results.json "interrupted", then lets the handler requeue; the requeued job resumes."""
+    from kdyn.train import checkpoint_step
+
+    args = [*_args(saved_models, corpus_jsonl), "trainer.max_steps=5", "inject.enabled=false"]
+    run = tmp_path / "run"
+    seen = []
+
+    def checkpoint_and_try_requeue(signum, frame):  # the name submitit's JobEnvironment handler has
+        seen.append(json.loads((run / "results.json").read_text())["steps"])
+        seen.append(checkpoint_step(str(run / "checkpoints" / "last.ckpt")))
+        raise SystemExit(-1)  # submitit: scontrol requeue, then sys.exit(-1)
+
+    previous = signal.signal(signal.SIGUSR2, checkpoint_and_try_requeue)
+    try:
+        with pytest.raises(SystemExit) as info:
+            train(compose_cfg("train", args, run), extra_callbacks=[SignalAt(2, signal.SIGUSR2)])
+        assert signal.getsignal(signal.SIGUSR2) is checkpoint_and_try_requeue  # handed back
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert info.value.code == -1 and seen == [2, 2]
+    resumed = train(compose_cfg("train", args, run))
+    assert resumed["steps"] == 5 and resumed["steps_this_session"] == 3

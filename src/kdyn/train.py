@@ -153,6 +153,9 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
         atomic_write_json(out / "results.json", results)
         print_summary("kdyn-train", results, extra_rows)
     if preempted:
+        for callback in callbacks:  # a launcher's requeue signal (submitit): requeue now, it exits the job
+            if getattr(callback, "requeue", None) is not None:
+                callback.requeue()
         raise SystemExit(EXIT_INTERRUPTED)
     return results
 
