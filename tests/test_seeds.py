@@ -238,3 +238,29 @@ def test_seed_grids_compose_and_sweep_a_seed_key(name):
     assert any(key in SEED_KEYS for key in params), params
     assert cfg.sweep_id == name
     assert len({int(s) for key in params if key in SEED_KEYS for s in str(params[key]).split(",")}) >= 3
+
+
+def test_sweep_figures_compare_conditions_in_one_figure_without_legend_warnings(tmp_path, recwarn, capsys):
+    from omegaconf import OmegaConf
+
+    from kdyn.report.cli import main
+    from tests.test_report_knowledge import _run as knowledge_run
+
+    # a 2 × 2 sweep: model.step ∈ {100, 400} × seed ∈ {0, 1}
+    for seed, decays in ((0, (0.3, 0.5)), (1, (0.4, 0.6))):
+        for step, decay in zip((100, 400), decays):
+            run = knowledge_run(tmp_path / f"seed{seed}", step, decay)
+            cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+            cfg.seed = seed
+            OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    out = tmp_path / "report"
+    assert main([str(tmp_path), "--out", str(out)]) == 0
+    assert (out / "retention.png").is_file() and not list(out.glob("retention_*"))
+    assert not [w for w in recwarn.list if "legend" in str(w.message).lower()]
+    assert "legend" not in capsys.readouterr().err.lower()
+    with (out / "knowledge_by_step.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    # every seed's own point, tagged with its seed and its condition (the step is the x axis, not a condition)
+    assert sorted((r["step"], r["seed"], round(float(r["decay_constant"]), 9)) for r in rows) == [
+        ("100", "0", 0.3), ("100", "1", 0.4), ("400", "0", 0.5), ("400", "1", 0.6)]
+    assert {r["condition"] for r in rows} == {"all runs"}
