@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -24,7 +25,10 @@ from tests.test_mlp_layouts import NUM_LAYERS, build, independent_entropy
 def phi3_dir(tmp_path_factory, tokenizer) -> Path:
     folder = tmp_path_factory.mktemp("phi3") / "tiny-phi3"
     build("phi3", tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    clean = copy.deepcopy(tokenizer)  # as trained: without the truncation state earlier calls left on the session one
+    clean.backend_tokenizer.no_truncation()
+    clean.backend_tokenizer.no_padding()
+    clean.save_pretrained(folder)
     return folder
 
 
