@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from kdyn.errors import KdynError
 from kdyn.utils.io import atomic_write_json
+from kdyn.utils.run_folder import LOCK_FILE, OWNER_FILE, RunFolderBusy, RunFolderLock
 
 log = logging.getLogger("kdyn")
 
@@ -42,17 +43,19 @@ def run_entry(tool: str, task: Callable[[DictConfig, RunStarted], Any], cfg: Dic
 
         return json.loads(done.read_text())
     try:
-        return task(cfg, state)
+        with _hold_run_folder(cfg):
+            return task(cfg, state)
     except Exception as e:
         multirun = _is_multirun()
         if not multirun and not isinstance(e, KdynError):
             raise  # a bug in a single run: the full traceback
         out = _output_dir()
         message = str(e) if isinstance(e, KdynError) else f"{type(e).__name__}: {' '.join(str(e).split())}"
-        if out is not None and multirun:  # a sweep goes on; its summary and kdyn-report list this job
+        # a sweep goes on; its summary and kdyn-report list this job (a busy folder is another run's: left alone)
+        if out is not None and multirun and not isinstance(e, RunFolderBusy):
             _log_to_file(f"{tool}: job failed: {message}", None if isinstance(e, KdynError) else e)
             atomic_write_json(out / "error.json", {"status": "failed", "error": message, "tool": tool})
-        elif out is not None and not state.started:
+        elif out is not None and not state.started and not isinstance(e, RunFolderBusy):
             _remove_if_fresh(out)
         print(f"{tool}: error: {message}", file=sys.stderr, flush=True)
         if multirun:
@@ -67,6 +70,17 @@ def _log_to_file(message: str, error: BaseException | None) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
+
+
+def _hold_run_folder(cfg: DictConfig):
+    """The run folder's lock (global rank 0 only: the other ranks of a DDP job share rank 0's folder)."""
+    import contextlib
+    import os
+
+    out = cfg.get("paths", {}).get("output_dir") if hasattr(cfg, "get") else None
+    rank = next((int(os.environ[k]) for k in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "JSM_NAMESPACE_RANK")
+                 if os.environ.get(k, "").isdigit()), 0)
+    return RunFolderLock(str(out)) if out and rank == 0 else contextlib.nullcontext()
 
 
 def _completed(cfg: DictConfig, result_file: str) -> Path | None:
@@ -109,7 +123,7 @@ def _remove_if_fresh(out: Path) -> None:
     """Delete a run folder that holds nothing but Hydra's own bookkeeping."""
     if not out.is_dir():
         return
-    bookkeeping = {".hydra"}
+    bookkeeping = {".hydra", LOCK_FILE, OWNER_FILE}
     extra = [p for p in out.iterdir() if p.name not in bookkeeping and p.suffix != ".log"]
     if not extra:
         logging.shutdown()
