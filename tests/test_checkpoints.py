@@ -74,6 +74,8 @@ def test_config_file_loads_and_its_default_resolves(path):
     cfg = OmegaConf.load(path)
     assert cfg.name == path.stem
     assert cfg.get("family") in CHECKPOINT_FAMILIES
+    if path.stem in OLMO2_MODELS:
+        assert set(cfg.keys()) == SCHEMA_KEYS | {"stage", "ingredient"}
     if path.stem in OUR_CONFIGS:
         assert set(cfg.keys()) == SCHEMA_KEYS
         assert set(cfg.ffn.keys()) == {"layers", "down_proj", "up_proj", "up_half"}
