@@ -340,3 +340,19 @@ def saved_tokenizer(saved_models):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(saved_models["olmo"])
+
+
+def test_a_streamed_corpus_uses_a_store_when_bounded_or_prepared(local_hub_corpus, tokenizer, tmp_path):
+    data = {"seq_len": SEQ, "batch_size": 4, "store": {"enabled": True, "dir": str(tmp_path / "stores")}}
+    open_ended = CorpusDataModule(local_hub_corpus, data, tokenizer)
+    assert open_ended.streaming  # nothing built yet: streamed
+    bounded = CorpusDataModule({**local_hub_corpus, "max_documents": 100}, data, tokenizer)
+    assert not bounded.streaming
+    bounded.prepare_rows()
+    first_100 = corpora.load_documents(local_hub_corpus)[:100]
+    assert torch.equal(_all_rows(bounded.rows), pack_rows(first_100, tokenizer, SEQ))
+    build_store(local_hub_corpus, tokenizer, tmp_path / "stores")  # what kdyn-prepare does
+    prepared = CorpusDataModule(local_hub_corpus, data, tokenizer)
+    assert not prepared.streaming
+    prepared.prepare_rows()
+    assert torch.equal(_all_rows(prepared.rows), pack_rows(corpora.load_documents(local_hub_corpus), tokenizer, SEQ))
