@@ -72,6 +72,36 @@ class Optim:
 
 
 @dataclass
+class Inject:  # the injection schedule (its item source and scenarios are checked by kdyn.data.knowledge)
+    enabled: bool = spec()
+    once_per_event: int | None = spec(min=1, hint="null: every once item at the first event")
+    interval: int = spec(min=1, hint="steps between injection events")
+    num_events: int = spec(min=1)
+    first_step: int = spec(min=0, hint="stream step of the first event")
+    first_row: int = spec(min=0, hint="first global batch row that receives knowledge")
+    eos: bool = spec()
+    source: dict = spec()
+    scenarios: dict = spec()
+    metrics: dict = spec()
+
+
+@dataclass
+class InjectMetrics:
+    window: int = spec(min=1, hint="steps after an injection searched for the local acquisition maximum")
+    iqr_multiplier: float | None = spec(above=0, hint="null: no outlier filter")
+    af_mode: str = spec(choices=("last", "first"))
+    af_aggregate: str = spec(choices=("curve", "probe"))
+    max_pre_gap: int | None = spec(min=0)
+    drop_flat_probes: bool = spec()
+
+
+@dataclass
+class Corpus:  # keys shared by every corpus option (the others are checked by each corpus' reader)
+    max_documents: int | None = spec(min=1, hint="null: every document")
+    shuffle: bool = spec()
+
+
+@dataclass
 class Trainer:
     max_steps: int = spec(min=1, also=(-1,), hint="optimizer steps; -1: train data.epochs epochs")
     max_epochs: int | None = spec(min=1, also=(-1,))
@@ -133,6 +163,9 @@ NODES: tuple[tuple[tuple[str, ...], str, type, bool], ...] = (
     (("train",), "data", Data, True),
     (("train",), "optim", Optim, True),
     (("train",), "trainer", Trainer, False),
+    (("train",), "inject", Inject, True),
+    (("train",), "inject.metrics", InjectMetrics, True),
+    (("train", "entropy"), "corpus", Corpus, False),
     (("train",), "callbacks.entropy", EveryNSteps, False),
     (("train",), "callbacks.probes", EveryNSteps, False),
     (("train",), "callbacks.grad_norms", EveryNSteps, False),
