@@ -356,3 +356,18 @@ def test_a_streamed_corpus_uses_a_store_when_bounded_or_prepared(local_hub_corpu
     assert not prepared.streaming
     prepared.prepare_rows()
     assert torch.equal(_all_rows(prepared.rows), pack_rows(corpora.load_documents(local_hub_corpus), tokenizer, SEQ))
+
+
+def test_calling_the_tokenizer_with_truncation_keeps_its_store(tokenizer):
+    """Truncation/padding are call-time settings the fast tokenizer records in its backend when used
+    (e.g. by probe scoring): they change no ids, so they must not change the store key."""
+    from copy import deepcopy
+
+    from kdyn.data.store import tokenizer_fingerprint
+
+    fresh = deepcopy(tokenizer)
+    before = tokenizer_fingerprint(fresh)
+    fresh(["a fairly long document " * 20], truncation=True, max_length=8, padding="max_length")
+    assert fresh.backend_tokenizer.truncation is not None  # the call did change the backend's state
+    clone = deepcopy(fresh)  # a new object: its fingerprint is computed, not cached
+    assert tokenizer_fingerprint(clone) == before

@@ -99,7 +99,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
         return known[1]
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        definition = backend.to_str()
+        # truncation/padding are call-time settings the tokenizer rewrites on use (``truncation=True``),
+        # not part of what ids it produces: leave them out so the fingerprint does not drift
+        definition = json.loads(backend.to_str())
+        definition.pop("truncation", None)
+        definition.pop("padding", None)
     else:  # a slow tokenizer: its vocabulary and class
         definition = [type(tokenizer).__name__, sorted(tokenizer.get_vocab().items())]
     fingerprint = _sha(definition, getattr(tokenizer, "eos_token_id", None))
