@@ -73,6 +73,8 @@ def test_every_trainer_passes(trainer):
     ("entropy", "entropy.num_sequences=0", "entropy.num_sequences"),
     ("entropy", "+entropy.seqlen=4", "entropy.seqlen"),
     ("eval", "probes.batch_tokens=0", "probes.batch_tokens"),
+    ("eval", "probes.device=gpu", "probes.device"),
+    ("entropy", "entropy.device=foo", "entropy.device"),
     ("trace", "trace.max_examples=0", "trace.max_examples"),
 ])
 def test_bad_values_are_one_line_naming_the_key(task, override, key):
@@ -87,6 +89,11 @@ def test_bad_values_are_one_line_naming_the_key(task, override, key):
 def test_unknown_key_lists_the_valid_ones():
     with pytest.raises(KdynError, match=r"valid optim keys: lr, .*min_lr_ratio"):
         validate_config(compose_config("train", ["+optim.lrr=0.1"]), "train")
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
+def test_device_names_pass(device):
+    validate_config(compose_config("entropy", [f"entropy.device={device}"]), "entropy")
 
 
 def test_extra_trainer_arguments_are_allowed():

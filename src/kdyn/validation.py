@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,16 +29,18 @@ from kdyn.errors import KdynError
 
 TASKS = ("train", "entropy", "eval", "trace")
 SCHEDULES = ("cosine", "linear", "constant")  # kdyn.module.SCHEDULES (checked equal in the tests)
+DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
 
 
 def spec(*, min: float | None = None, max: float | None = None, above: float | None = None,
          below: float | None = None, choices: Sequence[Any] | None = None, also: Sequence[Any] = (),
-         length: int | None = None, hint: str = "") -> Any:
+         length: int | None = None, pattern: str | None = None, hint: str = "") -> Any:
     """A schema field: allowed range (``min``/``max`` inclusive, ``above``/``below`` exclusive), a
-    closed set of ``choices``, extra allowed values ``also`` (e.g. ``-1``), a list ``length``, and a
-    ``hint`` appended to the error (what the value means)."""
+    closed set of ``choices``, extra allowed values ``also`` (e.g. ``-1``), a list ``length``, a regular
+    expression a string must match in full (``pattern``), and a ``hint`` appended to the error."""
     return field(default=None, metadata={"min": min, "max": max, "above": above, "below": below,
-                                         "choices": choices, "also": tuple(also), "length": length, "hint": hint})
+                                         "choices": choices, "also": tuple(also), "length": length, "pattern": pattern,
+                                         "hint": hint})
 
 
 # ------------------------------------------------------------------------------------ schemas
@@ -118,7 +121,7 @@ class Entropy:
     batch_size: int = spec(min=1)
     pack: bool = spec()
     sort_by_length: bool = spec()
-    device: str = spec(hint="auto | cpu | cuda")
+    device: str = spec(pattern=DEVICE, hint="auto | cpu | cuda | cuda:<index> | mps")
     save_coefficients: bool = spec()
 
 
@@ -129,7 +132,7 @@ class Probes:
     types: list[str] = spec()  # probe type names are checked by kdyn.data.probes.build_probes
     include_paragraph: bool = spec()
     max_len: int = spec(min=2)
-    device: str = spec(hint="auto | cpu | cuda")
+    device: str = spec(pattern=DEVICE, hint="auto | cpu | cuda | cuda:<index> | mps")
 
 
 @dataclass
@@ -253,6 +256,8 @@ def _check_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> No
 def _check_range(key: str, shown: Any, value: Any, meta: Mapping[str, Any]) -> None:
     if meta["choices"] is not None and value not in meta["choices"]:
         _fail(key, shown, f"must be one of {', '.join(map(str, meta['choices']))}", meta)
+    if meta["pattern"] is not None and isinstance(value, str) and not re.fullmatch(meta["pattern"], value):
+        _fail(key, shown, "is not a valid value", meta)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     if isinstance(value, float) and not math.isfinite(value):
