@@ -88,9 +88,10 @@ def test_the_holder_keeps_its_hydra_record(tmp_path):
 def test_resume_false_then_a_plain_rerun_resumes_the_new_run(saved_models, corpus_jsonl, tmp_path):
     run = tmp_path / "run"
     first = train(compose_cfg("train", _args(saved_models, corpus_jsonl), run))
-    changed = _args(saved_models, corpus_jsonl, "optim.lr=1e-2")
+    changed = _args(saved_models, corpus_jsonl, "optim.lr=1e-2", "intervention=freeze", "intervention.layers=[layer_0]")
     second = train(compose_cfg("train", [*changed, "resume=false"], run))
     assert second["steps_this_session"] == 3  # trained from the start, not resumed
+    assert (run / "layers.json").is_file()  # written while setting up this run: not moved aside with the old run
     assert second["final_loss"] != first["final_loss"]
     moved = list((run / REPLACED_DIR).iterdir())
     assert len(moved) == 1  # the first run's files, kept
@@ -100,7 +101,7 @@ def test_resume_false_then_a_plain_rerun_resumes_the_new_run(saved_models, corpu
     third = train(compose_cfg("train", changed, run))  # resumes the lr=1e-2 run (finished: nothing to train)
     assert third["steps_this_session"] == 0
     assert third["final_loss"] == second["final_loss"]
-    with pytest.raises(KdynError, match=r"different configuration \(optim.lr"):
+    with pytest.raises(KdynError, match=r"different configuration \(.*optim.lr: 0.01 → 0.0003"):
         train(compose_cfg("train", _args(saved_models, corpus_jsonl), run))
 
 

@@ -23,7 +23,7 @@ from kdyn.config import CONF_DIR, chosen_groups, to_plain
 from kdyn.errors import EXIT_INTERRUPTED, KdynError
 from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
 from kdyn.utils.io import atomic_write_json, write_csv
-from kdyn.utils.run_folder import start_over
+from kdyn.utils.run_folder import is_global_rank_zero, start_over
 from kdyn.validation import validate_config
 
 log = logging.getLogger("kdyn.train")
@@ -53,6 +53,10 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     state = state or RunStarted()
     started = time.time()
     out = Path(cfg.paths.output_dir)
+    if not cfg.get("resume", True) and is_global_rank_zero():  # start over: move an earlier run's files aside
+        moved = start_over(out)  # first, before this run writes anything (W&B id, layers.json, …)
+        if moved is not None:
+            log.info("resume=false: moved the earlier run's files to %s", moved)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -83,10 +87,6 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
             datamodule.transforms.append(split_label_token)
 
     # 2. Train (resuming when this run folder already holds a checkpoint of the same config).
-    if not cfg.get("resume", True) and trainer.is_global_zero:  # start over: an earlier run's files move aside
-        moved = start_over(out)
-        if moved is not None:
-            log.info("resume=false: moved the earlier run's files to %s", moved)
     ckpt = resume_path(cfg)
     state.started = True
     out.mkdir(parents=True, exist_ok=True)

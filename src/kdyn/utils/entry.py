@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from kdyn.errors import KdynError
 from kdyn.utils.io import atomic_write_json
-from kdyn.utils.run_folder import LOCK_FILE, OWNER_FILE, RunFolderBusy, RunFolderLock
+from kdyn.utils.run_folder import LOCK_FILE, OWNER_FILE, RunFolderBusy, RunFolderLock, is_global_rank_zero
 
 log = logging.getLogger("kdyn")
 
@@ -75,12 +75,9 @@ def _log_to_file(message: str, error: BaseException | None) -> None:
 def _hold_run_folder(cfg: DictConfig):
     """The run folder's lock (global rank 0 only: the other ranks of a DDP job share rank 0's folder)."""
     import contextlib
-    import os
 
     out = cfg.get("paths", {}).get("output_dir") if hasattr(cfg, "get") else None
-    rank = next((int(os.environ[k]) for k in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "JSM_NAMESPACE_RANK")
-                 if os.environ.get(k, "").isdigit()), 0)
-    return RunFolderLock(str(out)) if out and rank == 0 else contextlib.nullcontext()
+    return RunFolderLock(str(out)) if out and is_global_rank_zero() else contextlib.nullcontext()
 
 
 def _completed(cfg: DictConfig, result_file: str) -> Path | None:

@@ -106,6 +106,15 @@ def start_over(folder: str | Path) -> Path | None:
     return target
 
 
+def is_global_rank_zero() -> bool:
+    """Whether this process is global rank 0 (read from the launcher's environment, as Lightning does,
+    before any Trainer exists): the one process of a DDP job that owns and writes the run folder."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key]) == 0
+    return True
+
+
 def is_bookkeeping(path: Path) -> bool:
     """Files that do not make a run folder hold results (the lock and its owner record)."""
     return path.name in (LOCK_FILE, OWNER_FILE)
