@@ -13,7 +13,8 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ficti
 def run(quick: bool = False) -> list[Row]:
 
     from kdyn.data.knowledge import assign_scenarios, knowledge_records
-    from kdyn.data.probes import build_probes, make_batches, padding_efficiency, score_batches, tokenize_probes
+    from kdyn.data.probes import build_probes, make_batches, padding_efficiency, tokenize_probes
+    from kdyn.metrics.probe_scoring import score_batches
     from kdyn.models.loading import load_model
 
     rows: list[Row] = []

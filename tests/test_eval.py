@@ -17,7 +17,8 @@ def test_eval_scores_every_probe_like_an_independent_computation(saved_models, c
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kdyn.data.knowledge import assign_scenarios, knowledge_records
-    from kdyn.data.probes import build_probes, make_batches, score_batches, tokenize_probes
+    from kdyn.data.probes import build_probes, make_batches, tokenize_probes
+    from kdyn.metrics.probe_scoring import score_batches
 
     cfg = compose_train("model=local", f"model.path={saved_models['gpt2']}", "model.step=7", "knowledge.source.num_items=6",
                         "knowledge.scenarios.paraphrase=2", "knowledge.scenarios.duplicate=2",

@@ -123,7 +123,8 @@ def _read(path: Path) -> list[dict]:
 def test_training_with_injection_scores_probes_and_reports_metrics(saved_models, corpus_jsonl, compose_train):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kdyn.data.probes import build_probes, make_batches, score_batches, tokenize_probes
+    from kdyn.data.probes import build_probes, make_batches, tokenize_probes
+    from kdyn.metrics.probe_scoring import score_batches
     from kdyn.train import train
 
     cfg = compose_train("model=local", f"model.path={saved_models['llama']}", "corpus=text", f"corpus.path={corpus_jsonl}",

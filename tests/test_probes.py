@@ -1,4 +1,4 @@
-"""Tests of probe building, tokenisation, batching and scoring (`kdyn.data.probes`)."""
+"""Tests of probe building, tokenisation, batching (`kdyn.data.probes`) and scoring (`kdyn.metrics.probe_scoring`)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from kdyn.data.probes import (
     build_probes,
     make_batches,
     padding_efficiency,
-    score_batches,
     tokenize_probes,
 )
 from kdyn.errors import KdynError
+from kdyn.metrics import probe_scoring as S
+from kdyn.metrics.probe_scoring import score_batches
 from tests.conftest import ARCHS, shared_data
 
 MAX_LEN = 128  # the tiny test models' context
@@ -173,7 +174,7 @@ def test_chunked_logsumexp_and_bf16(tiny_models, tokenizer, synth_probes, monkey
     tokenized = tokenize_probes(synth_probes, tokenizer, max_len=MAX_LEN)
     batches = make_batches(tokenized, synth_probes, 8192, pad_id=tokenizer.pad_token_id)
     whole = score_batches(model, batches)
-    monkeypatch.setattr(P, "_MAX_LOGSUMEXP_ELEMENTS", 3 * len(tokenizer))  # 3 positions per chunk
+    monkeypatch.setattr(S, "_MAX_LOGSUMEXP_ELEMENTS", 3 * len(tokenizer))  # 3 positions per chunk
     chunked = score_batches(model, batches)
     for key in ("nll", "nll_first", "nll_full"):
         torch.testing.assert_close(chunked[key], whole[key], rtol=0, atol=1e-6)

@@ -1,4 +1,5 @@
-"""Tests of TemporalWiki periods, the training-text stand-in and probe perplexities (`kdyn.data.temporalwiki`)."""
+"""Tests of TemporalWiki periods, the training-text stand-in (`kdyn.data.temporalwiki`) and probe perplexities
+(`kdyn.metrics.twiki_perplexity`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdyn.data.probes import make_batches, score_batches, tokenize_probes
+from kdyn.data.probes import make_batches, tokenize_probes
 from kdyn.data.temporalwiki import (
     GENERIC_TEMPLATE,
     PERIODS,
@@ -19,14 +20,14 @@ from kdyn.data.temporalwiki import (
     Period,
     load_twiki_periods,
     period_probes,
-    perplexities,
-    score_probes,
     synthetic_periods,
     training_documents,
     verbalize_twiki,
 )
 from kdyn.data.world import Fact, SyntheticWorld, WorldConfig, verbalize, write_twiki_csv
 from kdyn.errors import KdynError
+from kdyn.metrics.probe_scoring import score_batches, score_probes
+from kdyn.metrics.twiki_perplexity import perplexities
 from tests.conftest import shared_data
 
 SMALL_WORLD = {"seed": 3, "n_people": 60, "n_places": 20, "n_orgs": 12, "n_regions": 5, "n_countries": 2,

@@ -24,15 +24,8 @@ from kdyn.validation import validate_config
 
 def evaluate(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]:
     from kdyn.callbacks.probes import COLUMNS
-    from kdyn.data.knowledge import assign_scenarios, knowledge_records
-    from kdyn.data.probes import (
-        BATCH_OVERHEAD_TOKENS,
-        build_probes,
-        make_batches,
-        padding_efficiency,
-        score_batches,
-        tokenize_probes,
-    )
+    from kdyn.data.probes import BATCH_OVERHEAD_TOKENS
+    from kdyn.metrics.probe_scoring import ProbeSet
     from kdyn.models.loading import context_length, load_model
     from kdyn.models.provenance import model_record
 
@@ -42,21 +35,19 @@ def evaluate(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]
         torch.set_num_threads(int(cfg.threads))
     settings = to_plain(cfg.probes)
     loaded = load_model(to_plain(cfg.model))
-    items = assign_scenarios(knowledge_records(to_plain(cfg.knowledge.source)), to_plain(cfg.knowledge.scenarios),
-                             int(cfg.knowledge.num_events))
-    probes = build_probes(items, settings["types"], include_paragraph=bool(settings.get("include_paragraph")))
     limit = min(int(settings["max_len"]), context_length(loaded.model) or int(settings["max_len"]))
-    tokenizer = loaded.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    batches = make_batches(tokenize_probes(probes, tokenizer, max_len=limit), probes,
-                           batch_tokens=int(settings["batch_tokens"]), pad_id=pad,
-                           batch_overhead_tokens=int(settings.get("batch_overhead_tokens", BATCH_OVERHEAD_TOKENS)))
+    probe_set = ProbeSet.from_knowledge(
+        to_plain(cfg.knowledge.source), to_plain(cfg.knowledge.scenarios), int(cfg.knowledge.num_events),
+        loaded.tokenizer, types=settings["types"], include_paragraph=bool(settings.get("include_paragraph")),
+        max_len=limit, batch_tokens=int(settings["batch_tokens"]),
+        batch_overhead_tokens=int(settings.get("batch_overhead_tokens", BATCH_OVERHEAD_TOKENS)))
+    probes, items = probe_set.probes, probe_set.items
     device = torch.device("cuda" if settings.get("device", "auto") == "auto" and torch.cuda.is_available()
                           else ("cpu" if settings.get("device", "auto") == "auto" else settings["device"]))
 
     state.started = True
     start = time.perf_counter()
-    scores = score_batches(loaded.model.to(device), batches, device=device)
+    scores = probe_set.score(loaded.model.to(device), device=device)
     seconds = time.perf_counter() - start
     step = loaded.ref.step if loaded.ref.step is not None else 0
     rows, means = [], defaultdict(list)
@@ -77,7 +68,7 @@ def evaluate(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]
         "num_probes": len(probes),
         "num_items": len(items),
         "probes_per_s": round(len(probes) / max(seconds, 1e-9), 1),
-        "padding_efficiency": round(padding_efficiency(batches), 4),
+        "padding_efficiency": round(probe_set.padding_efficiency, 4),
         "seconds": round(seconds, 3),
         "groups": chosen_groups(cfg),
         "model": model_record(loaded),

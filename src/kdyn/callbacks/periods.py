@@ -20,7 +20,12 @@ from typing import Any
 import lightning.pytorch as pl
 
 from kdyn.callbacks.log_utils import log_scalars
+from kdyn.data.periods import is_segmented, load_periods
 from kdyn.data.probes import BATCH_OVERHEAD_TOKENS
+from kdyn.data.temporalwiki import period_probes
+from kdyn.errors import KdynError
+from kdyn.metrics.probe_scoring import ProbeSet
+from kdyn.metrics.twiki_perplexity import perplexities
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +37,6 @@ COLUMNS = ["step", "after_period", "probe_period", "scenario", "n", "ppl_full", 
 class PeriodEvaluator(pl.Callback):
     def __init__(self, dirpath: str, batch_tokens: int = 8192, evaluate: str = "current", max_len: int | None = None,
                  batch_overhead_tokens: int = BATCH_OVERHEAD_TOKENS):
-        from kdyn.errors import KdynError
-
         if evaluate not in ("current", "all"):
             raise KdynError(f"callbacks.periods.evaluate must be current or all, got {evaluate!r}")
         self.path = Path(dirpath) / TABLE
@@ -42,34 +45,21 @@ class PeriodEvaluator(pl.Callback):
         self.active = False
         self.boundaries: dict[int, str] = {}
         self.period_names: list[str] = []
-        self._sets: dict[str, tuple[list, list]] = {}
+        self._sets: dict[str, ProbeSet] = {}
         self.rows: list[dict[str, Any]] = []
         self._last_step = -1
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        from kdyn.data.periods import is_segmented, load_periods
-        from kdyn.data.probes import make_batches, tokenize_probes
-        from kdyn.data.temporalwiki import period_probes
-
         datamodule = getattr(trainer, "datamodule", None)
         corpus = getattr(datamodule, "corpus", None)
         if corpus is None or not is_segmented(corpus):
             return
         self.active = True
         datamodule.prepare_rows()
-        tokenizer = pl_module.tokenizer
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        import torch
-
         for period in load_periods(corpus):
-            probes = period_probes(period)
-            tokenized = tokenize_probes(probes, tokenizer, max_len=self.max_len)
-            batches = make_batches(tokenized, probes, batch_tokens=self.batch_tokens, pad_id=pad,
-                                   batch_overhead_tokens=self.batch_overhead_tokens)
-            n_predicted = torch.zeros(len(probes), dtype=torch.long)
-            for probe, (ids, _) in zip(probes, tokenized):
-                n_predicted[probe.index] = len(ids) - 1
-            self._sets[period.name] = (probes, batches, n_predicted)
+            self._sets[period.name] = ProbeSet(period_probes(period), pl_module.tokenizer,
+                                               batch_tokens=self.batch_tokens, max_len=self.max_len,
+                                               batch_overhead_tokens=self.batch_overhead_tokens)
             self.period_names.append(period.name)
         for segment in datamodule.segments(trainer):
             self.boundaries[segment.end_step] = segment.name
@@ -103,16 +93,13 @@ class PeriodEvaluator(pl.Callback):
 
     def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, after: str,
                names: list[str]) -> None:
-        from kdyn.data.probes import score_batches
-        from kdyn.data.temporalwiki import perplexities
-
         if not trainer.is_global_zero:  # probes are few; rank zero scores them all
             return
         rows, logged = [], {}
         for name in names:
-            probes, batches, n_predicted = self._sets[name]
-            ppl = perplexities(score_batches(pl_module.model, batches, device=pl_module.device), probes,
-                               n_predicted=n_predicted)
+            probe_set = self._sets[name]
+            ppl = perplexities(probe_set.score(pl_module.model, device=pl_module.device), probe_set.probes,
+                               n_predicted=probe_set.n_predicted)
             for scenario, values in ppl.items():
                 row = {"step": step, "after_period": after, "probe_period": name, "scenario": scenario,
                        **{k: values.get(k) for k in COLUMNS[4:]}}

@@ -2,7 +2,7 @@
 
 Every probe (memorization ``mem``, semantic ``gen``, compositional ``hard_gen``) of the injected
 items is scored at step 0 (before any update) and every ``every_n_steps`` optimizer steps:
-batched, length-bucketed, teacher-forced NLL of the target span (`kdyn.data.probes`). Rows are
+batched, length-bucketed, teacher-forced NLL of the target span (`kdyn.metrics.probe_scoring`). Rows are
 appended to ``<dirpath>/probes.csv`` as they are measured (``step`` = updates done), so a crash
 loses nothing already scored; a resumed run first drops rows measured after its checkpoint. Mean
 NLL per scenario and probe type also goes to the loggers as ``probes/<scenario>/<type>``.
@@ -22,6 +22,8 @@ import torch
 
 from kdyn.callbacks.log_utils import log_scalars
 from kdyn.data.probes import BATCH_OVERHEAD_TOKENS
+from kdyn.errors import KdynError
+from kdyn.metrics.probe_scoring import ProbeSet
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,6 @@ class ProbeScorer(pl.Callback):
                  every_n_steps: int = 1, batch_tokens: int = 8192, types: Sequence[str] = ("mem", "gen", "hard_gen"),
                  include_paragraph: bool = False, max_len: int | None = None,
                  batch_overhead_tokens: int = BATCH_OVERHEAD_TOKENS):
-        from kdyn.errors import KdynError
-
         if int(every_n_steps) < 1:
             raise KdynError(f"callbacks.probes.every_n_steps must be at least 1, got {every_n_steps}")
         self.source, self.scenarios, self.num_events = dict(source), dict(scenarios), int(num_events)
@@ -44,26 +44,28 @@ class ProbeScorer(pl.Callback):
         self.batch_tokens, self.types = int(batch_tokens), tuple(types)
         self.include_paragraph, self.max_len = include_paragraph, max_len
         self.batch_overhead_tokens = int(batch_overhead_tokens)
-        self.probes: list = []
-        self.batches: list = []
+        self.probe_set: ProbeSet | None = None
         self._last_step = -1
         self.scored_steps: list[int] = []
 
     # ----------------------------------------------------------------------------- lifecycle
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        from kdyn.data.knowledge import assign_scenarios, knowledge_records
-        from kdyn.data.probes import build_probes, make_batches, padding_efficiency, tokenize_probes
-
-        items = assign_scenarios(knowledge_records(self.source), self.scenarios, self.num_events)
-        self.probes = build_probes(items, self.types, include_paragraph=self.include_paragraph)
-        tokenizer = pl_module.tokenizer
-        tokenized = tokenize_probes(self.probes, tokenizer, max_len=self.max_len)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.batches = make_batches(tokenized, self.probes, batch_tokens=self.batch_tokens, pad_id=pad,
-                                    batch_overhead_tokens=self.batch_overhead_tokens)
+        probe_set = ProbeSet.from_knowledge(
+            self.source, self.scenarios, self.num_events, pl_module.tokenizer, types=self.types,
+            include_paragraph=self.include_paragraph, batch_tokens=self.batch_tokens, max_len=self.max_len,
+            batch_overhead_tokens=self.batch_overhead_tokens)
+        self.probe_set = probe_set
         log.info("scoring %d probes of %d items every %d steps (%d batches, %.0f%% padding efficiency)",
-                 len(self.probes), len(items), self.every_n_steps, len(self.batches),
-                 100 * padding_efficiency(self.batches))
+                 len(probe_set), len(probe_set.items), self.every_n_steps, len(probe_set.batches),
+                 100 * probe_set.padding_efficiency)
+
+    @property
+    def probes(self) -> list:
+        return self.probe_set.probes if self.probe_set is not None else []
+
+    @property
+    def batches(self) -> list:
+        return self.probe_set.batches if self.probe_set is not None else []
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         step = trainer.global_step
@@ -83,10 +85,8 @@ class ProbeScorer(pl.Callback):
 
     # ----------------------------------------------------------------------------- scoring
     def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
-        from kdyn.data.probes import score_batches
-
-        shard = self.batches[trainer.global_rank::trainer.world_size]
-        scores = score_batches(pl_module.model, shard, device=pl_module.device) if shard else None
+        shard = self.probe_set.shard(trainer.global_rank, trainer.world_size)
+        scores = self.probe_set.score(pl_module.model, device=pl_module.device, batches=shard) if shard else None
         indices = torch.cat([b.probe_index for b in shard]) if shard else torch.empty(0, dtype=torch.long)
         local = {k: (v[indices].cpu() if scores is not None else torch.empty(0)) for k, v in
                  (scores or {"nll": None, "nll_first": None, "nll_full": None, "n_target": None}).items()}

@@ -6,8 +6,9 @@ paragraph), ``gen`` (semantic generalization: the same fact in other words), ``h
 (compositional: two facts combined) and optionally ``paragraph`` (the item's ``train_context`` scored
 as a whole: every token but the first).
 
-Pipeline: `build_probes` → `tokenize_probes` → `make_batches` (length-bucketed, right-padded) →
-`score_batches` (one tensor per statistic, indexed by `Probe.index`).
+Pipeline: `build_probes` → `tokenize_probes` → `make_batches` (length-bucketed, right-padded); the
+metrics layer scores the batches (`kdyn.metrics.probe_scoring`: `ProbeSet`, `score_batches`, one tensor
+per statistic indexed by `Probe.index`). This module never runs a model.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 PROBE_TYPES = ("mem", "gen", "hard_gen")
 PARAGRAPH = "paragraph"
-_MAX_LOGSUMEXP_ELEMENTS = 1 << 24  # fp32 elements per log-sum-exp chunk (64 MB)
 
 
 @dataclass(frozen=True)
@@ -218,57 +218,3 @@ def padding_efficiency(batches: Sequence[ProbeBatch]) -> float:
     """Real tokens / computed tokens (B × T summed over batches)."""
     computed = sum(b.input_ids.numel() for b in batches)
     return sum(int(b.attention_mask.sum()) for b in batches) / computed if computed else 1.0
-
-
-# ---------------------------------------------------------------- scoring
-@torch.inference_mode()
-def score_batches(model: torch.nn.Module, batches: Sequence[ProbeBatch],
-                  device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
-    """Teacher-forced NLLs, as CPU tensors indexed by `Probe.index` (length max index + 1; NaN / 0 for
-    probes absent from ``batches``):
-
-    ``nll`` mean NLL of the target tokens; ``nll_first`` NLL of the first target token; ``nll_full`` mean
-    NLL of every predicted token (positions 1..len-1); ``n_target`` the number of target tokens. Token t
-    is predicted from the logits at t-1; log-sum-exp is taken in fp32 at the real positions only. The
-    model runs in eval mode and gets its previous mode back.
-    """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    n = 1 + max((int(b.probe_index.max()) for b in batches if len(b.probe_index)), default=-1)
-    out = {k: torch.full((n,), float("nan")) for k in ("nll", "nll_first", "nll_full")}
-    out["n_target"] = torch.zeros(n, dtype=torch.long)
-    was_training = model.training
-    model.eval()
-    try:
-        for b in batches:
-            for key, value in _score_batch(model, b, device).items():
-                out[key][b.probe_index] = value.to("cpu", out[key].dtype)
-    finally:
-        model.train(was_training)
-    return out
-
-
-def _score_batch(model: torch.nn.Module, b: ProbeBatch, device: torch.device) -> dict[str, torch.Tensor]:
-    ids = b.input_ids.to(device)
-    mask = b.attention_mask.to(device)
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]  # predicts 1..T-1
-    predicted = mask[:, 1:].bool()                           # [B, T-1]: real tokens at 1..T-1
-    token_nll = torch.zeros(predicted.shape, dtype=torch.float32, device=device)
-    token_nll[predicted] = _token_nll(logits[predicted], ids[:, 1:][predicted])
-    target = b.target_mask.to(device)[:, 1:]
-    n_target = target.sum(1)
-    first = target.int().argmax(1, keepdim=True)             # first True along the row
-    return {
-        "nll": (token_nll * target).sum(1) / n_target,
-        "nll_first": token_nll.gather(1, first).squeeze(1),
-        "nll_full": token_nll.sum(1) / predicted.sum(1),
-        "n_target": n_target,
-    }
-
-
-def _token_nll(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """−log softmax(logits)[token] per row in fp32, without an fp32 copy of all rows at once."""
-    picked = logits.gather(1, tokens.unsqueeze(1)).squeeze(1).float()
-    step = max(1, _MAX_LOGSUMEXP_ELEMENTS // max(1, logits.shape[-1]))
-    lse = torch.cat([torch.logsumexp(logits[i:i + step].float(), dim=-1)
-                     for i in range(0, logits.shape[0], step)])
-    return lse - picked

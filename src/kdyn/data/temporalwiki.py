@@ -1,4 +1,4 @@
-"""TemporalWiki (Jang et al., EMNLP 2022): TWiki-Probes periods, a training-text stand-in, probe perplexities.
+"""TemporalWiki (Jang et al., EMNLP 2022): TWiki-Probes periods, a training-text stand-in, the periods' probes.
 
 A *period* (``0801-0901`` = Wikidata snapshots 2021-08-01 → 2021-09-01) has ``changed`` rows (updated or
 new facts: the acquisition probes, C_ppl) and ``unchanged`` rows (facts identical in both snapshots: the
@@ -10,9 +10,9 @@ forgetting probes, UnC_ppl). Each row is a ``subject,relation,object`` triple of
 - `training_documents`: the text one trains on for a period. **The real TemporalWiki training stream (the
   multi-GB Wikipedia diffsets) is not available here; kdyn's stand-in is the period's changed facts
   verbalised as sentences — a knowledge-injection proxy, not real Wikipedia drift.** Label results so;
-- `period_probes` + `perplexities`: the probes as `kdyn.data.probes.Probe` (text ``subject relation object``,
-  TemporalWiki's probe string) and C_ppl / UnC_ppl from `score_batches` (see `perplexities` for how the
-  aggregation relates to TemporalWiki's).
+- `period_probes`: the probes as `kdyn.data.probes.Probe` (text ``subject relation object``, TemporalWiki's
+  probe string). Scoring them (C_ppl / UnC_ppl) is the metrics layer's job: `kdyn.metrics.probe_scoring`
+  and `kdyn.metrics.twiki_perplexity.perplexities` (which says how the aggregation relates to TemporalWiki's).
 """
 
 from __future__ import annotations
@@ -23,14 +23,12 @@ import math
 import random
 import re
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
-from kdyn.data.probes import Probe, make_batches, score_batches, tokenize_probes
+from kdyn.data.probes import Probe
 from kdyn.data.world import TWIKI_COLUMNS, Fact, SyntheticWorld, WorldConfig
 from kdyn.data.world import verbalize as world_verbalize
 from kdyn.data.world_templates import TEMPLATES as WORLD_TEMPLATES
@@ -41,7 +39,6 @@ PERIODS = ("0801-0901", "0901-1001", "1001-1101", "1101-1201")
 HUB_FILE = "TWiki_Probes.zip"
 SCENARIOS = ("changed", "unchanged")
 PROBE_TYPE = "twiki"
-TWIKI_EVAL_BATCH_SIZE = 32  # TemporalWiki's configs/evaluation/GPT2/*/*.json
 LOCAL_HINT = "../shared/data/temporalwiki"
 
 GENERIC_TEMPLATE = "{s} {r} {o}."
@@ -425,76 +422,3 @@ def period_probes(period: Period, start_index: int = 0) -> list[Probe]:
             probes.append(Probe(start_index + len(probes), row, scenario, PROBE_TYPE, 0,
                                 f"{fact.subject} {fact.relation}", fact.obj))
     return probes
-
-
-def score_probes(model: torch.nn.Module, tokenizer, probes: Sequence[Probe], *, batch_tokens: int = 8192,
-                 max_len: int | None = None, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
-    """`score_batches` on ``probes`` plus ``n_predicted`` (tokens scored by ``nll_full``: length − 1), which
-    `perplexities` needs for the full-string token-weighted and TemporalWiki-style numbers."""
-    tokenized = tokenize_probes(probes, tokenizer, max_len=max_len)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    scores = score_batches(model, make_batches(tokenized, probes, batch_tokens, pad_id=pad), device=device)
-    n_predicted = torch.zeros_like(scores["n_target"])
-    for p, (ids, _n) in zip(probes, tokenized):
-        n_predicted[p.index] = len(ids) - 1
-    return {**scores, "n_predicted": n_predicted}
-
-
-def _batches(n: int, size: int) -> Iterator[slice]:
-    return (slice(i, min(i + size, n)) for i in range(0, n, size))
-
-
-def perplexities(scores: Mapping[str, torch.Tensor], probes: Sequence[Probe], *,
-                 n_predicted: torch.Tensor | None = None,
-                 twiki_batch_size: int = TWIKI_EVAL_BATCH_SIZE) -> dict[str, dict[str, float]]:
-    """Per scenario ("changed" → C_ppl, "unchanged" → UnC_ppl; other scenarios too), from per-probe scores.
-
-    - ``ppl_full`` = exp(mean over probes of ``nll_full``): every probe's whole ``s r o`` string (all tokens
-      but the first) weighs the same;
-    - ``ppl_object`` = exp(mean over probes of ``nll``): object tokens only, given ``s r``;
-    - ``ppl_full_token_weighted`` / ``ppl_object_token_weighted``: exp of the token-weighted mean NLL (every
-      token weighs the same, as one batch of TemporalWiki would);
-    - ``ppl_full_twiki``: TemporalWiki's number, exp(mean over consecutive batches of ``twiki_batch_size``
-      probes in probe (= file) order of each batch's token-weighted mean CE);
-    - ``n``: the number of probes.
-
-    TemporalWiki (``evaluation_ppl.py``) reports exp(mean over batches of the batch's mean token CE) on the
-    full string (its object-only mask is commented out): token-weighted within a batch of 32, batch-weighted
-    across batches (the last, smaller batch weighs as much as a full one), so it depends on the batch size
-    and the row order: with batches of 1 it would be ``ppl_full``, with one batch ``ppl_full_token_weighted``.
-    It equals ``ppl_full_twiki`` when the tokenisation matches
-    (kdyn tokenises ``s r`` and `` o`` separately — identical for byte-level BPE — and truncates long
-    probes from the left; TemporalWiki's configs cap probes at 25 tokens, and a tokenizer's default right
-    truncation would cut the object of longer probes — not verified against its code).
-    The full-string token-weighted and ``_twiki`` numbers need the per-probe token counts: ``n_predicted``
-    here or in ``scores`` (see `score_probes`); without them they are NaN.
-    """
-    if twiki_batch_size < 1:
-        raise KdynError(f"twiki_batch_size must be >= 1, got {twiki_batch_size}")
-    counts = n_predicted if n_predicted is not None else scores.get("n_predicted")
-    size = len(scores["nll"])
-    outside = [p for p in probes if p.index >= size]
-    if outside:
-        raise KdynError(f"{len(outside)} probe(s) have no score (first: index {outside[0].index}, scores for "
-                        f"{size}); score the same probes you pass")
-    by_scenario: dict[str, list[int]] = {}
-    for p in probes:
-        by_scenario.setdefault(p.scenario, []).append(p.index)
-    out = {}
-    for scenario, idx in by_scenario.items():
-        i = torch.tensor(idx, dtype=torch.long)
-        nll, full = scores["nll"][i].double(), scores["nll_full"][i].double()
-        n_target = scores["n_target"][i].double()
-        if torch.isnan(nll).any() or torch.isnan(full).any():
-            raise KdynError(f"{int(torch.isnan(full).sum())} {scenario} probe(s) have NaN scores (not scored); "
-                            f"score every probe before computing perplexities")
-        res = {"ppl_full": math.exp(float(full.mean())), "ppl_object": math.exp(float(nll.mean())),
-               "ppl_object_token_weighted": math.exp(float((nll * n_target).sum() / n_target.sum())),
-               "ppl_full_token_weighted": float("nan"), "ppl_full_twiki": float("nan"), "n": len(idx)}
-        if counts is not None:
-            n_pred = counts[i].double()
-            res["ppl_full_token_weighted"] = math.exp(float((full * n_pred).sum() / n_pred.sum()))
-            means = [float((full[s] * n_pred[s]).sum() / n_pred[s].sum()) for s in _batches(len(idx), twiki_batch_size)]
-            res["ppl_full_twiki"] = math.exp(sum(means) / len(means))
-        out[scenario] = res
-    return out
