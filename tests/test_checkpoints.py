@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from importlib import resources
@@ -43,7 +44,16 @@ CHECKPOINT_FAMILIES = {"pythia", "olmo", "olmo2", "gpt2", "local", "hub", "tiny"
 
 
 def load(name: str):
-    return OmegaConf.load(CONF_MODEL / f"{name}.yaml")
+    """The composed config of conf/model/<name>.yaml (its family base + its own keys)."""
+    return OmegaConf.create(_composed(name))
+
+
+@functools.lru_cache(maxsize=None)
+def _composed(name: str) -> dict:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_MODEL), version_base="1.3"):
+        return OmegaConf.to_container(compose(name), resolve=False)
 
 
 def raw_branch_lines(filename: str) -> list[str]:
@@ -65,13 +75,13 @@ def test_all_our_configs_exist():
     assert not {"pythia-14m-deduped", "pythia-31m-deduped"} & on_disk
 
 
-# `scratch` builds a fresh model (kdyn.models.tiny.build_scratch); every other family resolves here.
-RESOLVED_HERE = sorted(p for p in CONF_MODEL.glob("*.yaml") if OmegaConf.load(p).get("family") != "scratch")
+# `scratch` builds a fresh model (kdyn.models.scratch.build_scratch); every other family resolves here.
+RESOLVED_HERE = sorted(p for p in CONF_MODEL.glob("*.yaml") if p.stem != "scratch")
 
 
 @pytest.mark.parametrize("path", RESOLVED_HERE, ids=lambda p: p.stem)
 def test_config_file_loads_and_its_default_resolves(path):
-    cfg = OmegaConf.load(path)
+    cfg = load(path.stem)
     assert cfg.name == path.stem
     assert cfg.get("family") in CHECKPOINT_FAMILIES
     if path.stem in OLMO2_MODELS:

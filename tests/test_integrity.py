@@ -145,14 +145,36 @@ def test_tiny_fingerprint_covers_the_build_environment():
     assert fingerprint(pretrain_config({"pretrain_overrides": ["model.revision_lock=x.json"]})) == fingerprint(cfg)
 
 
+def test_loading_the_tiny_model_never_trains(tmp_path, monkeypatch):
+    """A missing trajectory is one clear error from load_model (the entry points build it first)."""
+    import time
+
+    from omegaconf import OmegaConf
+
+    from kdyn.models.loading import load_model
+    from kdyn.organism import ensure_model
+
+    cfg = {"name": "tiny", "family": "tiny", "trajectory_dir": str(tmp_path / "cache"),
+           "pretrain_overrides": list(OmegaConf.from_dotlist(QUICK_TINY).model.pretrain_overrides)}
+    started = time.perf_counter()
+    with pytest.raises(KdynError, match=r"not built yet.*ensure_model"):
+        load_model(cfg)
+    assert time.perf_counter() - started < 30 and not any((tmp_path / "cache").glob("tiny-*/step*"))
+    calls = []
+    ensure_model({"name": "local", "family": "local", "path": str(tmp_path)}, pretrain=calls.append)
+    assert calls == []  # every other model: nothing to build
+
+
 @pytest.mark.slow
 def test_tiny_pretraining_is_bit_identical_on_one_machine(tmp_path):
     from omegaconf import OmegaConf
 
-    from kdyn.models.tiny import ensure_trajectory
+    from kdyn.organism import ensure_trajectory
+    from kdyn.train import train
 
     quick = OmegaConf.from_dotlist(QUICK_TINY).model.pretrain_overrides
-    folders = [ensure_trajectory({"trajectory_dir": str(tmp_path / f"build{i}"), "pretrain_overrides": list(quick)})
+    folders = [ensure_trajectory({"trajectory_dir": str(tmp_path / f"build{i}"), "pretrain_overrides": list(quick)},
+                                 pretrain=train)
                for i in (1, 2)]
     assert folders[0].name == folders[1].name
     # every file of every saved step: weights, config, tokenizer (the run/ log folder names its own paths)

@@ -37,12 +37,15 @@ def measure_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict
     from kdyn.models.ffn import locate_ffn
     from kdyn.models.loading import load_model
     from kdyn.models.provenance import model_record
+    from kdyn.organism import ensure_model
+    from kdyn.train import train
 
     validate_config(cfg, "entropy")
     state = state or RunStarted()
     settings = to_plain(cfg.entropy)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    ensure_model(to_plain(cfg.model), pretrain=train)  # model=tiny: pretrained once, on first use
     loaded = load_model(to_plain(cfg.model), tokenizer_corpus=to_plain(cfg.corpus), seq_len=int(settings["seq_len"]),
                         seq_len_key="entropy.seq_len")
     ffn = locate_ffn(loaded.model, to_plain(cfg.model.get("ffn")))

@@ -28,12 +28,15 @@ def evaluate(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]
     from kdyn.metrics.probe_scoring import ProbeSet
     from kdyn.models.loading import context_length, load_model
     from kdyn.models.provenance import model_record
+    from kdyn.organism import ensure_model
+    from kdyn.train import train
 
     validate_config(cfg, "eval")
     state = state or RunStarted()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     settings = to_plain(cfg.probes)
+    ensure_model(to_plain(cfg.model), pretrain=train)  # model=tiny: pretrained once, on first use
     loaded = load_model(to_plain(cfg.model))
     limit = min(int(settings["max_len"]), context_length(loaded.model) or int(settings["max_len"]))
     probe_set = ProbeSet.from_knowledge(

@@ -44,6 +44,8 @@ def trace_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict[s
     from kdyn.models.ffn import locate_ffn, parameter_groups_by_layer
     from kdyn.models.loading import load_model
     from kdyn.models.provenance import model_record
+    from kdyn.organism import ensure_model
+    from kdyn.train import train
 
     validate_config(cfg, "trace")
     state = state or RunStarted()
@@ -64,6 +66,7 @@ def trace_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict[s
     if settings.get("dtype"):
         model_cfg["dtype"] = settings["dtype"]
     max_len = settings.get("max_len")
+    ensure_model(model_cfg, pretrain=train)  # model=tiny: pretrained once, on first use
     loaded = load_model(model_cfg, tokenizer_corpus=to_plain(cfg.get("corpus")),
                         seq_len=int(max_len) if max_len else None, seq_len_key="trace.max_len")
     ffn = locate_ffn(loaded.model, to_plain(cfg.model.get("ffn")))

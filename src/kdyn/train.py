@@ -39,6 +39,7 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     from kdyn.models.loading import load_model
     from kdyn.models.provenance import model_record
     from kdyn.module import CausalLMModule
+    from kdyn.organism import ensure_model
     from kdyn.run import (
         build_callbacks,
         build_loggers,
@@ -62,6 +63,7 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
         torch.set_num_threads(int(cfg.threads))
 
     # 1. Everything that can be wrong with the input fails here, before a run folder holds anything.
+    ensure_model(to_plain(cfg.model), pretrain=train)  # model=tiny: pretrained once, on first use
     loaded = load_model(to_plain(cfg.model), tokenizer_corpus=to_plain(cfg.corpus), seq_len=int(cfg.data.seq_len))
     datamodule = CorpusDataModule(to_plain(cfg.corpus), to_plain(cfg.data), loaded.tokenizer, seed=int(cfg.seed),
                                   vocab_size=loaded.model.get_input_embeddings().num_embeddings)

@@ -115,12 +115,13 @@ __all__ = [
     "lookup_branch",
     "load_branch_table",
     "load_step_list",
+    "model_family",
     "nearest_steps",
     "resolve_checkpoint",
     "valid_steps",
 ]
 
-FAMILIES: tuple[str, ...] = ("pythia", "olmo", "olmo2", "gpt2", "local", "hub", "tiny")
+FAMILIES: tuple[str, ...] = ("pythia", "olmo", "olmo2", "gpt2", "local", "hub", "tiny", "scratch")
 
 
 @dataclass(frozen=True)
@@ -863,7 +864,13 @@ def _resolve_hub(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
 
 
 def _resolve_tiny(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
+    """The trajectory's folder and step are found by :func:`kdyn.models.tiny.resolve_tiny` (it may not be built)."""
     return CheckpointRef(name=str(name or "tiny"), family="tiny", location=None, revision=None, step=cfg.get("step"))
+
+
+def _resolve_scratch(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
+    """A fresh model (:func:`kdyn.models.scratch.build_scratch`): nothing to find, step 0."""
+    return CheckpointRef(name=str(name or "scratch"), family="scratch", location=None, revision=None, step=0)
 
 
 _RESOLVERS = {
@@ -874,6 +881,7 @@ _RESOLVERS = {
     "local": _resolve_local,
     "hub": _resolve_hub,
     "tiny": _resolve_tiny,
+    "scratch": _resolve_scratch,
 }
 
 
@@ -899,6 +907,11 @@ def _family_and_name(cfg: dict[str, Any]) -> tuple[str, str | None]:
 # --------------------------------------------------------------------------------------------------
 # Public entry points
 # --------------------------------------------------------------------------------------------------
+
+
+def model_family(model_cfg: Mapping[str, Any]) -> str:
+    """The family of a ``model`` node (``model.family``, or the family of a known ``model.name``)."""
+    return _family_and_name(_as_dict(model_cfg))[0]
 
 
 def resolve_checkpoint(model_cfg: Mapping[str, Any]) -> CheckpointRef:

@@ -14,6 +14,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from kdyn.errors import KdynError
 from kdyn.models.checkpoints import CheckpointRef, resolve_checkpoint
+from kdyn.models.provenance import apply_lock, describe_checkpoint
+from kdyn.models.scratch import build_scratch
+from kdyn.models.tiny import resolve_tiny
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +37,14 @@ class LoadedModel:
 
 
 def resolve(model_cfg: Mapping[str, Any]) -> CheckpointRef:
-    """Validate the model choice and find where it lives — no download, no training.
+    """Validate the model choice and find where it lives — no download, no training (the one place
+    every family, the embedded tiny trajectory and a scratch model included, is resolved).
 
-    For ``model=tiny`` this builds the embedded trajectory on first use (see `kdyn.models.tiny`).
+    ``model=tiny`` needs its trajectory built first (:func:`kdyn.organism.ensure_model`, which every
+    entry point calls); a missing one is a :class:`KdynError` saying so.
     """
-    family = model_cfg.get("family")
-    if family == "scratch":
-        return CheckpointRef(name=str(model_cfg.get("name", "scratch")), family="scratch", location=None, revision=None, step=0)
     ref = resolve_checkpoint(model_cfg)
-    if ref.family == "tiny":
-        from kdyn.models.tiny import resolve_tiny
-
-        ref = resolve_tiny(model_cfg)
-    return ref
+    return resolve_tiny(model_cfg) if ref.family == "tiny" else ref
 
 
 def load_model(model_cfg: Mapping[str, Any], tokenizer_corpus: Mapping[str, Any] | None = None,
@@ -59,8 +57,6 @@ def load_model(model_cfg: Mapping[str, Any], tokenizer_corpus: Mapping[str, Any]
     ref = resolve(model_cfg)
     dtype = _dtype(model_cfg.get("dtype", "float32"))
     if ref.family == "scratch":
-        from kdyn.models.tiny import build_scratch
-
         model, tokenizer = build_scratch(model_cfg, tokenizer_corpus)
         if seq_len is not None:
             check_seq_len(model_cfg, seq_len, context_length(model), seq_len_key)
@@ -95,8 +91,6 @@ def load_model(model_cfg: Mapping[str, Any], tokenizer_corpus: Mapping[str, Any]
 
 def _checkpoint_record(model_cfg: Mapping[str, Any], ref: CheckpointRef) -> dict[str, Any]:
     """The commit and weight hashes to load (checked against / pinned in ``model.revision_lock``)."""
-    from kdyn.models.provenance import apply_lock, describe_checkpoint
-
     checkpoint = describe_checkpoint(ref)
     lock = model_cfg.get("revision_lock")
     return apply_lock(lock, ref, checkpoint) if lock else checkpoint

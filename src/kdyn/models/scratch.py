@@ -6,7 +6,9 @@ every supported architecture without downloading anything (litgpt-style tiny con
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
@@ -87,3 +89,18 @@ def spec_from_mapping(values) -> ArchSpec:
     if unknown:
         raise KdynError(f"unknown architecture keys {unknown}; valid keys are {sorted(known)}")
     return ArchSpec(**values)
+
+
+def build_scratch(model_cfg: Mapping[str, Any], corpus_cfg: Mapping[str, Any] | None):
+    """``model=scratch``: a fresh model (``model.arch``) and a BPE tokenizer trained on ``corpus_cfg``'s documents."""
+    from kdyn.data.corpora import load_documents
+    from kdyn.data.tokenizer import train_bpe_tokenizer
+
+    if corpus_cfg is None:
+        raise KdynError("model=scratch needs a corpus to train its tokenizer on")
+    tokenizer = train_bpe_tokenizer(load_documents(corpus_cfg), int(model_cfg.get("tokenizer_vocab_size", 2048)))
+    arch = dict(model_cfg.get("arch") or {})
+    arch.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = build_scratch_model(spec_from_mapping(arch), seed=int(model_cfg.get("init_seed", 0)))
+    return model, tokenizer

@@ -2,7 +2,8 @@
 
 ``kdyn-train experiment=tiny_pretrain`` trains it from scratch (``model=scratch``: a fresh model and
 a byte-level BPE tokenizer trained on the same synthetic corpus) and saves Hugging Face checkpoints
-on a roughly logarithmic step grid. ``model=tiny`` uses that trajectory, building it on first use.
+on a roughly logarithmic step grid. ``model=tiny`` uses that trajectory. This module only *finds* it:
+loading never trains. The entry points build it on first use (:func:`kdyn.organism.ensure_model`).
 
 A trajectory lives in ``<model.trajectory_dir>/tiny-<fingerprint>/`` where the fingerprint hashes
 everything that shapes the weights (architecture, corpus, data, optimizer, steps, seed) and the
@@ -19,13 +20,8 @@ one:
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
-import logging
-import shutil
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,9 +29,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from kdyn.errors import KdynError
-from kdyn.models.checkpoints import CheckpointRef, nearest_steps
-
-log = logging.getLogger(__name__)
+from kdyn.models.checkpoints import CheckpointRef, model_family, nearest_steps
 
 TRAJECTORY_FILE = "trajectory.json"
 # Config nodes of the pretraining run that determine the trajectory's weights.
@@ -47,23 +41,6 @@ _NOT_FINGERPRINTED = ("revision_lock",)
 _SHAPING_LIBRARIES = ("torch", "transformers", "tokenizers", "lightning", "numpy")
 # Modules whose source generates the synthetic world the tokenizer and the model are trained on.
 _WORLD_MODULES = ("kdyn.data.world", "kdyn.data.world_templates")
-
-
-# ----------------------------------------------------------------------------------- scratch models
-def build_scratch(model_cfg: Mapping[str, Any], corpus_cfg: Mapping[str, Any] | None):
-    """A fresh model (``model.arch``) and a BPE tokenizer trained on ``corpus_cfg``'s documents."""
-    from kdyn.data.corpora import load_documents
-    from kdyn.data.tokenizer import train_bpe_tokenizer
-    from kdyn.models.scratch import build_scratch_model, spec_from_mapping
-
-    if corpus_cfg is None:
-        raise KdynError("model=scratch needs a corpus to train its tokenizer on")
-    tokenizer = train_bpe_tokenizer(load_documents(corpus_cfg), int(model_cfg.get("tokenizer_vocab_size", 2048)))
-    arch = dict(model_cfg.get("arch") or {})
-    arch.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    model = build_scratch_model(spec_from_mapping(arch), seed=int(model_cfg.get("init_seed", 0)))
-    return model, tokenizer
 
 
 # ----------------------------------------------------------------------------------- trajectories
@@ -133,46 +110,26 @@ def read_trajectory(folder: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
-def ensure_trajectory(model_cfg: Mapping[str, Any]) -> Path:
-    """The folder of the tiny trajectory; pretrains it (once, under a file lock) when missing."""
-    cfg = pretrain_config(model_cfg)
-    folder = trajectory_root(model_cfg) / f"tiny-{fingerprint(cfg)}"
-    if read_trajectory(folder) is not None:
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(folder.with_suffix(".lock")):
-        if read_trajectory(folder) is not None:  # another process built it while we waited
-            return folder
-        _build_trajectory(cfg, folder)
-    return folder
+def is_tiny(model_cfg: Mapping[str, Any]) -> bool:
+    """Whether ``model_cfg`` names the embedded tiny model (``model=tiny`` or ``model.family=tiny``)."""
+    return model_family(model_cfg) == "tiny"
 
 
-def _build_trajectory(cfg, folder: Path) -> None:
-    from kdyn.train import train
-
-    staging = folder.with_name(folder.name + ".building")
-    shutil.rmtree(staging, ignore_errors=True)
-    steps = list(cfg.callbacks.hf_trajectory.steps)
-    log.info("tiny model trajectory not found: pretraining it once (%d steps, saves at %s) into %s",
-             cfg.trainer.max_steps, steps, folder)
-    OmegaConf.update(cfg, "paths.output_dir", str(staging / "run"), force_add=True)
-    OmegaConf.update(cfg, "callbacks.hf_trajectory.dirpath", str(staging), force_add=True)
-    start = time.time()
-    train(cfg)
-    record = read_trajectory(staging)
-    if record is None:
-        raise KdynError(f"pretraining the tiny model finished but wrote no {TRAJECTORY_FILE} in {staging}")
-    record.update(fingerprint=folder.name.removeprefix("tiny-"), build_seconds=round(time.time() - start, 1),
-                  environment=build_environment(), config=OmegaConf.to_container(cfg, resolve=True))
-    (staging / TRAJECTORY_FILE).write_text(json.dumps(record, indent=2))
-    staging.rename(folder)
-    log.info("tiny model trajectory ready in %.0f s: %s", time.time() - start, folder)
+def trajectory_folder(model_cfg: Mapping[str, Any], pretrain_cfg=None) -> Path:
+    """Where the trajectory of ``model_cfg`` lives (built or not): ``<trajectory_dir>/tiny-<fingerprint>``."""
+    cfg = pretrain_config(model_cfg) if pretrain_cfg is None else pretrain_cfg
+    return trajectory_root(model_cfg) / f"tiny-{fingerprint(cfg)}"
 
 
 def resolve_tiny(model_cfg: Mapping[str, Any]) -> CheckpointRef:
     """``model=tiny model.step=N`` → the saved checkpoint folder of step N (default: the last)."""
-    folder = ensure_trajectory(model_cfg)
-    steps = [int(s) for s in read_trajectory(folder)["steps"]]
+    folder = trajectory_folder(model_cfg)
+    record = read_trajectory(folder)
+    if record is None:
+        raise KdynError(f"the tiny model's trajectory is not built yet ({folder}); loading never trains: from Python "
+                        "call kdyn.organism.ensure_model(model_cfg, pretrain=kdyn.train.train) before loading it "
+                        "(every kdyn command with model=tiny does this, pretraining it once on first use)")
+    steps = [int(s) for s in record["steps"]]
     step = model_cfg.get("step")
     if step is None:
         step = steps[-1]
@@ -187,13 +144,3 @@ def resolve_tiny(model_cfg: Mapping[str, Any]) -> CheckpointRef:
         raise KdynError(f"the tiny model has no checkpoint at step {step}; saved steps are {steps} (nearest: {near})")
     return CheckpointRef(name=str(model_cfg.get("name", "tiny")), family="tiny", location=str(folder / f"step{step}"),
                          revision=None, step=step)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

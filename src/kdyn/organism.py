@@ -1,0 +1,87 @@
+"""The embedded tiny model's trajectory is built here, by the entry points — never by model loading.
+
+Every entry point that loads a model (``kdyn-train``, ``kdyn-entropy``, ``kdyn-eval``, ``kdyn-trace``,
+``kdyn-prepare``) calls :func:`ensure_model` before :func:`kdyn.models.loading.load_model`. For
+``model=tiny`` it pretrains the trajectory on first use (one log line, under a file lock so that the
+jobs of a sweep build it once); for every other model it does nothing. ``kdyn.models.tiny`` only
+*finds* a built trajectory. The training job is passed in (``pretrain``: :func:`kdyn.train.train`),
+so this module sits below the entry points and nothing under ``kdyn.models`` imports one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from kdyn.errors import KdynError
+from kdyn.models.tiny import (
+    TRAJECTORY_FILE,
+    build_environment,
+    is_tiny,
+    pretrain_config,
+    read_trajectory,
+    trajectory_folder,
+)
+
+log = logging.getLogger("kdyn.organism")
+
+Pretrain = Callable[[DictConfig], Any]
+
+
+def ensure_model(model_cfg: Mapping[str, Any], pretrain: Pretrain) -> None:
+    """Make the model ``model_cfg`` names loadable: builds the tiny trajectory when it is missing."""
+    if is_tiny(model_cfg):
+        ensure_trajectory(model_cfg, pretrain)
+
+
+def ensure_trajectory(model_cfg: Mapping[str, Any], pretrain: Pretrain) -> Path:
+    """The folder of the tiny trajectory; pretrains it (once, under a file lock) when missing."""
+    cfg = pretrain_config(model_cfg)
+    folder = trajectory_folder(model_cfg, cfg)
+    if read_trajectory(folder) is not None:
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(folder.with_suffix(".lock")):
+        if read_trajectory(folder) is not None:  # another process built it while we waited
+            return folder
+        _build_trajectory(cfg, folder, pretrain)
+    return folder
+
+
+def _build_trajectory(cfg: DictConfig, folder: Path, pretrain: Pretrain) -> None:
+    staging = folder.with_name(folder.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    steps = list(cfg.callbacks.hf_trajectory.steps)
+    log.info("tiny model trajectory not found: pretraining it once (%d steps, saves at %s) into %s",
+             cfg.trainer.max_steps, steps, folder)
+    OmegaConf.update(cfg, "paths.output_dir", str(staging / "run"), force_add=True)
+    OmegaConf.update(cfg, "callbacks.hf_trajectory.dirpath", str(staging), force_add=True)
+    start = time.time()
+    pretrain(cfg)
+    record = read_trajectory(staging)
+    if record is None:
+        raise KdynError(f"pretraining the tiny model finished but wrote no {TRAJECTORY_FILE} in {staging}")
+    record.update(fingerprint=folder.name.removeprefix("tiny-"), build_seconds=round(time.time() - start, 1),
+                  environment=build_environment(), config=OmegaConf.to_container(cfg, resolve=True))
+    (staging / TRAJECTORY_FILE).write_text(json.dumps(record, indent=2))
+    staging.rename(folder)
+    log.info("tiny model trajectory ready in %.0f s: %s", time.time() - start, folder)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
