@@ -58,14 +58,14 @@ class TopLevel:
 class Data:
     seq_len: int = spec(min=2, hint="tokens per packed row")
     batch_size: int = spec(min=1, hint="rows per device per micro-batch")
-    epochs: int = spec(min=1)
+    epochs: float = spec(above=0, hint="passes over the corpus when trainer.max_steps is -1")
     max_rows: int | None = spec(min=1, hint="null: every packed row")
     num_workers: int = spec(min=0)
 
 
 @dataclass
 class Optim:
-    lr: float = spec(above=0, hint="the peak learning rate, e.g. 3e-4")
+    lr: float = spec(min=0, hint="the peak learning rate, e.g. 3e-4 (0: measure without updating the weights)")
     weight_decay: float = spec(min=0)
     betas: list[float] = spec(min=0, below=1, length=2, hint="AdamW's [beta1, beta2]")
     eps: float = spec(above=0)
