@@ -37,6 +37,8 @@ from typing import Any
 
 import torch
 
+from kdyn.data.knowledge import knowledge_records
+from kdyn.data.world import SyntheticWorld, read_twiki_csv, world_config
 from kdyn.errors import KdynError
 
 NEW_ENTITIES, UPDATED, NEW_FACTS, CHANGED, UNCHANGED = "new_entities", "updated", "new_facts", "changed", "unchanged"
@@ -88,12 +90,7 @@ def check_set_names(names: Sequence[str]) -> list[str]:
 
 def new_entity_clozes(source: Mapping[str, Any]) -> list[Cloze]:
     """The memorization probes of the knowledge items chosen by ``source`` (the ``inject.source`` schema)."""
-    from kdyn.data.knowledge import knowledge_records
-
-    try:
-        records = knowledge_records(source)
-    except KdynError as e:
-        raise KdynError(str(e).replace("inject.source", "trace.knowledge_source")) from None
+    records = knowledge_records(source, key="trace.knowledge_source")
     return [Cloze(inp, tgt, f"item {rec['item']} mem {j}")
             for rec in records for j, (inp, tgt) in enumerate(zip(rec["mem_input"], rec["mem_target"], strict=True))]
 
@@ -116,18 +113,11 @@ def twiki_clozes(twiki: Mapping[str, Any]) -> tuple[dict[str, list[Cloze]], str]
 
 
 def _synthetic_twiki(twiki: Mapping[str, Any]) -> tuple[dict[str, list[Cloze]], str]:
-    from kdyn.data.corpora import world_config
-    from kdyn.data.world import SyntheticWorld
-
     period = str(twiki.get("period") or "p1")
     if not (period.startswith("p") and period[1:].isdigit() and int(period[1:]) >= 1):
         raise KdynError(f"trace.twiki.period={period!r} is not a synthetic period; use p1, p2, … "
                         "(or set trace.twiki.path to a TWiki-Probes folder for periods like 0801-0901)")
-    try:
-        config = world_config({"world": twiki.get("world")})
-    except KdynError as e:
-        raise KdynError(str(e).replace("corpus.world", "trace.twiki.world")) from None
-    p = SyntheticWorld(config).updates(int(period[1:]), seed=int(twiki.get("seed") or 0))[-1]
+    p = SyntheticWorld(world_config(twiki.get("world"), key="trace.twiki.world")).updates(int(period[1:]), seed=int(twiki.get("seed") or 0))[-1]
     out: dict[str, list[Cloze]] = {UPDATED: [], NEW_FACTS: [], CHANGED: [], UNCHANGED: []}
     for i, (fact, kind) in enumerate(zip(p["changed"], p["kind"], strict=True)):
         cloze = fact_cloze(fact.subject, fact.relation, fact.obj, f"{period} changed row {i} ({kind})")
@@ -145,8 +135,6 @@ def twiki_periods(folder: Path) -> list[str]:
 
 
 def _real_twiki(folder: Path, period: Any) -> tuple[dict[str, list[Cloze]], str]:
-    from kdyn.data.world import read_twiki_csv
-
     if not folder.is_dir():
         raise KdynError(f"trace.twiki.path={folder} is not a folder; pass the TWiki-Probes folder holding "
                         "<period>_changed.csv and <period>_unchanged.csv (e.g. ../shared/data/temporalwiki)")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdyn.data.world import SyntheticWorld, validate_fictional_schema, world_config
 from kdyn.errors import KdynError
 
 SCENARIOS = ("paraphrase", "duplicate", "once")
@@ -39,18 +40,17 @@ _SOURCE_KEYS = {
 
 
 # ---------------------------------------------------------------- loading
-def load_fictional_knowledge(path: str | Path | None,
-                             hub_dataset: str = DEFAULT_HUB_DATASET) -> list[dict]:
+def load_fictional_knowledge(path: str | Path | None, hub_dataset: str = DEFAULT_HUB_DATASET,
+                             key: str = "inject.source") -> list[dict]:
     """The Fictional Knowledge records from a folder, a ``.json`` file or (``path=None``) the hub.
 
     A folder must hold ``fictional_knowledge_paraphrased.json`` (preferred) or ``fictional_knowledge.json``;
     a file must be a JSON list of records. Records are validated (paraphrases optional); a record without
-    ``paraphrases`` gets an empty list, so every record has the same keys.
+    ``paraphrases`` gets an empty list, so every record has the same keys. ``key`` names the config node
+    in messages.
     """
-    from kdyn.data.world import validate_fictional_schema
-
     if path is None or str(path) == "":
-        records, where = _load_from_hub(hub_dataset), f"hub dataset {hub_dataset}"
+        records, where = _load_from_hub(hub_dataset, key), f"hub dataset {hub_dataset}"
     else:
         file = _resolve_file(Path(str(path)).expanduser())
         records, where = _read_json(file), str(file)
@@ -84,7 +84,7 @@ def _read_json(file: Path) -> Any:
         raise KdynError(f"{file}: cannot be read ({e}); pass a UTF-8 .json file") from None
 
 
-def _load_from_hub(hub_dataset: str) -> list[dict]:
+def _load_from_hub(hub_dataset: str, key: str) -> list[dict]:
     try:
         import datasets
 
@@ -93,58 +93,53 @@ def _load_from_hub(hub_dataset: str) -> list[dict]:
         return [dict(row) for row in split]
     except Exception as e:  # offline, missing, renamed: all mean "give a local path"
         raise KdynError(f"cannot load hub dataset {hub_dataset} ({type(e).__name__}); pass a local path "
-                        f"instead, e.g. inject.source.path=../shared/data/fictional_knowledge") from None
+                        f"instead, e.g. {key}.path=../shared/data/fictional_knowledge") from None
 
 
 # ---------------------------------------------------------------- the inject.source node
-def knowledge_records(source: Mapping[str, Any]) -> list[dict]:
+def knowledge_records(source: Mapping[str, Any], key: str = "inject.source") -> list[dict]:
     """The records chosen by the ``inject.source`` node, in order, each with ``"item"`` (its source index).
 
     ``{name: synthetic, num_items, seed (0), world ({})}`` or
-    ``{name: fictional_knowledge, path (None: hub), hub_dataset, items ([0, 120])}``.
+    ``{name: fictional_knowledge, path (None: hub), hub_dataset, items ([0, 120])}``. ``key`` names the
+    node in messages (``corpus`` when a corpus reads these records, ``trace.knowledge_source`` in kdyn-trace).
     """
     name = source.get("name")
     if name not in _SOURCE_KEYS:
-        raise KdynError(f"unknown inject.source.name {name!r}; choose one of {', '.join(_SOURCE_KEYS)}")
+        raise KdynError(f"unknown {key}.name {name!r}; choose one of {', '.join(_SOURCE_KEYS)}")
     # One config node serves every source, so keys of the other sources are allowed (and ignored).
     unknown = sorted(set(source) - set().union(*_SOURCE_KEYS.values()))
     if unknown:
-        raise KdynError(f"unknown inject.source keys {unknown}; valid keys are "
+        raise KdynError(f"unknown {key} keys {unknown}; valid keys are "
                         f"{sorted(set().union(*_SOURCE_KEYS.values()))}")
     if name == "synthetic":
-        records = _synthetic_records(source)
+        records = _synthetic_records(source, key)
         start = 0
     else:
-        records = load_fictional_knowledge(source.get("path"),
-                                           source.get("hub_dataset") or DEFAULT_HUB_DATASET)
-        start, stop = _item_range(source.get("items"), len(records))
+        records = load_fictional_knowledge(source.get("path"), source.get("hub_dataset") or DEFAULT_HUB_DATASET,
+                                           key=key)
+        start, stop = _item_range(source.get("items"), len(records), key)
         records = records[start:stop]
     return [{**rec, "item": start + i} for i, rec in enumerate(records)]
 
 
-def _synthetic_records(source: Mapping[str, Any]) -> list[dict]:
-    from kdyn.data.corpora import world_config
-    from kdyn.data.world import SyntheticWorld
-
+def _synthetic_records(source: Mapping[str, Any], key: str) -> list[dict]:
     num_items = source.get("num_items")
     if isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 1:
-        raise KdynError(f"inject.source.num_items must be a positive integer, got {num_items!r}")
-    try:
-        config = world_config({"world": source.get("world")})
-    except KdynError as e:
-        raise KdynError(str(e).replace("corpus.world", "inject.source.world")) from None
+        raise KdynError(f"{key}.num_items must be a positive integer, got {num_items!r}")
+    config = world_config(source.get("world"), key=f"{key}.world")
     return SyntheticWorld(config).new_knowledge(num_items, seed=int(source.get("seed") or 0))
 
 
-def _item_range(items: Any, n_records: int) -> tuple[int, int]:
+def _item_range(items: Any, n_records: int, key: str) -> tuple[int, int]:
     if items is None:
         items = DEFAULT_ITEMS
     try:
         start, stop = (int(x) for x in items)
     except (TypeError, ValueError):
-        raise KdynError(f"inject.source.items must be [start, stop], got {items!r}") from None
+        raise KdynError(f"{key}.items must be [start, stop], got {items!r}") from None
     if not 0 <= start < stop <= n_records:
-        raise KdynError(f"inject.source.items=[{start}, {stop}] is out of range: the dataset has "
+        raise KdynError(f"{key}.items=[{start}, {stop}] is out of range: the dataset has "
                         f"{n_records} records (need 0 <= start < stop <= {n_records})")
     return start, stop
 

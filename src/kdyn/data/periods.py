@@ -16,6 +16,9 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from kdyn.data.corpora import load_documents
+from kdyn.data.sources.text import require_file
+from kdyn.data.temporalwiki import load_twiki_periods, synthetic_periods, training_documents
 from kdyn.errors import KdynError
 
 log = logging.getLogger(__name__)
@@ -29,8 +32,6 @@ def is_segmented(corpus: Mapping[str, Any]) -> bool:
 
 def load_periods(corpus: Mapping[str, Any]) -> list:
     """The `Period` objects of a ``corpus=temporalwiki`` node, in order."""
-    from kdyn.data.temporalwiki import load_twiki_periods, synthetic_periods
-
     source = corpus.get("source", "synthetic")
     caps = dict(max_changed=corpus.get("max_changed"), max_unchanged=corpus.get("max_unchanged"),
                 seed=int(corpus.get("seed", 0)))
@@ -51,12 +52,8 @@ def load_periods(corpus: Mapping[str, Any]) -> list:
 
 def segment_documents(corpus: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
     """[(period name, training documents)] for each period, replay mixed in as configured."""
-    from kdyn.data.temporalwiki import training_documents
-
     replay_docs: list[str] = []
     if float(corpus.get("replay_base", 0.0)) > 0:
-        from kdyn.data.corpora import load_documents
-
         replay_docs = load_documents(dict(corpus.get("replay_corpus") or {"name": "synthetic"}))
     out = []
     periods = load_periods(corpus)
@@ -78,11 +75,9 @@ def segment_documents(corpus: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
 def period_files(corpus: Mapping[str, Any], names: list[str]) -> dict[str, Callable[[], list[str]]]:
     """``corpus.periods.<name>.path`` → {period: reader of its documents}; paths are checked now.
 
-    Each entry is read like ``corpus=text`` (`kdyn.data.corpora`): ``.jsonl`` (``text_field``, default
+    Each entry is read like ``corpus=text`` (`kdyn.data.sources.text`): ``.jsonl`` (``text_field``, default
     ``text``) or ``.txt`` (``txt_split``: paragraph | line | file).
     """
-    from kdyn.data.corpora import _require_file
-
     node = corpus.get("periods")
     if not isinstance(node, Mapping):
         return {}
@@ -95,7 +90,7 @@ def period_files(corpus: Mapping[str, Any], names: list[str]) -> dict[str, Calla
         if not entry.get("path"):
             continue
         key = f"corpus.periods.{name}.path"
-        path = _require_file(entry["path"], key)
+        path = require_file(entry["path"], key)
         text_node = {"name": "text", "path": str(path), "text_field": entry.get("text_field", "text"),
                      "txt_split": entry.get("txt_split", "paragraph")}
         readers[name] = lambda text_node=text_node, key=key: _documents(text_node, key)
@@ -107,8 +102,6 @@ def period_files(corpus: Mapping[str, Any], names: list[str]) -> dict[str, Calla
 
 
 def _documents(text_node: Mapping[str, Any], key: str) -> list[str]:
-    from kdyn.data.corpora import load_documents
-
     try:
         return load_documents(text_node)
     except KdynError as e:

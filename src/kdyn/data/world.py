@@ -21,7 +21,7 @@ import csv
 import random
 import re
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,16 @@ class WorldConfig:
         for name in ("spouse_fraction", "educated_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise KdynError(f"WorldConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+def world_config(values: Mapping[str, Any] | None, key: str = "corpus.world") -> WorldConfig:
+    """The `WorldConfig` of a config node's ``world`` mapping; ``key`` names that node in messages."""
+    values = dict(values or {})
+    known = set(WorldConfig.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise KdynError(f"unknown {key} keys {unknown}; valid keys are {sorted(known)}")
+    return WorldConfig(**values)
 
 
 @dataclass(frozen=True)
