@@ -19,13 +19,14 @@ import torch
 from omegaconf import DictConfig
 
 from kdyn.config import CONF_DIR, to_plain
+from kdyn.metrics.coefficients import COEFFICIENTS_FILE, load_coefficients, save_coefficients
 from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
 from kdyn.utils.io import atomic_write_json
 from kdyn.validation import validate_config
 
 log = logging.getLogger("kdyn.entropy")
 
-COEFFICIENTS_FILE = "coefficients.safetensors"
+__all__ = ["COEFFICIENTS_FILE", "load_coefficients", "measure_checkpoint"]  # the file's reader lives in metrics
 
 
 def measure_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]:
@@ -86,39 +87,11 @@ def measure_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict
         "tokens_per_s": round(int(result["tokens"]) / max(seconds, 1e-9), 1),
     }
     if settings.get("save_coefficients", True):
-        _save_coefficients(out / COEFFICIENTS_FILE, metric, record)
+        save_coefficients(out / COEFFICIENTS_FILE, metric, record)
         record["coefficients_file"] = COEFFICIENTS_FILE
     atomic_write_json(out / "entropy.json", record)
     _print(record, out)
     return record
-
-
-def _save_coefficients(path: Path, metric, record: dict[str, Any]) -> None:
-    import os
-    import tempfile
-
-    from safetensors.torch import save_file
-
-    tensors = {f"layer_{i}": c.float().contiguous() for i, c in enumerate(metric.mean_coefficients())}
-    if len(set(metric.d_ff)) == 1:
-        tensors = {"mean_abs_coefficients": torch.stack(list(tensors.values()))}
-    metadata = {"model": str(record["model"]["name"]), "step": str(record["model"]["step"]),
-                "num_tokens": str(record["num_tokens"]), "definition": "mean |down_proj input| over non-padding tokens"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
-
-
-def load_coefficients(path: str | Path) -> torch.Tensor | list[torch.Tensor]:
-    """The ``[layers × d_ff]`` table of C̄ written by kdyn-entropy (a list when widths differ)."""
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(path))
-    if "mean_abs_coefficients" in tensors:
-        return tensors["mean_abs_coefficients"]
-    return [tensors[f"layer_{i}"] for i in range(len(tensors))]
 
 
 def _device(name: str) -> torch.device:

@@ -10,10 +10,11 @@ step belong to the batch trained *after* the checkpoint, which the resumed run t
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger
+
+from kdyn.utils.tables import rows_until
 
 
 class ResumableCSVLogger(CSVLogger):
@@ -25,13 +26,7 @@ class ResumableCSVLogger(CSVLogger):
     def keep_rows_until(self, step: int) -> None:
         """Call before training when resuming from a checkpoint at ``step``."""
         self.resume_step = int(step)
-        path = Path(self.log_dir) / "metrics.csv"
-        if not path.is_file():
-            self._kept_rows = []
-            return
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        self._kept_rows = [r for r in rows if _keep(r, self.resume_step)]
+        self._kept_rows = rows_until(Path(self.log_dir) / "metrics.csv", self.resume_step, keep=_keep)
 
     @property
     def experiment(self):

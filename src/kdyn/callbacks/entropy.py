@@ -21,6 +21,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from kdyn.callbacks.cadence import OncePerStep
 from kdyn.callbacks.log_utils import log_scalars
 from kdyn.metrics.recorder import CoefficientRecorder, measure
 from kdyn.models.ffn import locate_ffn
@@ -28,7 +29,7 @@ from kdyn.models.ffn import locate_ffn
 log = logging.getLogger(__name__)
 
 
-class EntropyLogger(pl.Callback):
+class EntropyLogger(OncePerStep):
     def __init__(self, every_n_steps: int = 10, per_layer: bool = True, ffn: Mapping[str, Any] | None = None,
                  heldout: Mapping[str, Any] | None = None):
         if int(every_n_steps) < 1:
@@ -41,7 +42,6 @@ class EntropyLogger(pl.Callback):
         self.heldout = dict(heldout or {})
         self.recorder: CoefficientRecorder | None = None
         self._heldout_batches: list | None = None
-        self._last_step = 0
         self.last_logged: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -67,7 +67,7 @@ class EntropyLogger(pl.Callback):
         self.recorder.reset()
         self._restore()  # a resumed run continues the sums it had accumulated since its last log
         self.recorder.metric.to(pl_module.device)
-        self._last_step = trainer.global_step
+        self.start_steps(trainer)
         if self._heldout_batches is not None and trainer.global_step == 0:
             self._log_heldout(trainer, pl_module)
 
@@ -99,11 +99,9 @@ class EntropyLogger(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.recorder.armed = False
-        step = trainer.global_step
-        if step == self._last_step:  # mid gradient accumulation: no optimizer step yet
+        if not self.new_step(trainer):  # mid gradient accumulation: no optimizer step yet
             return
-        self._last_step = step
-        if step % self.every_n_steps != 0:
+        if trainer.global_step % self.every_n_steps != 0:
             return
         self._log(trainer, "entropy", self.recorder.metric.compute())
         self.recorder.reset()

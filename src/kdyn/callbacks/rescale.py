@@ -41,9 +41,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from kdyn.callbacks.cadence import OncePerStep
 from kdyn.callbacks.log_utils import log_scalars
 from kdyn.errors import KdynError
 from kdyn.metrics.recorder import CoefficientRecorder
+from kdyn.metrics.slots import select_slots
 from kdyn.models.ffn import FFNMap
 from kdyn.utils.io import atomic_write_text
 
@@ -65,7 +67,7 @@ class _RawRecorder(CoefficientRecorder):
     prepend = True
 
 
-class RescaleCoefficients(pl.Callback):
+class RescaleCoefficients(OncePerStep):
     """Multiply the selected memory coefficients of every layer by ``factor`` (see the module docstring)."""
 
     def __init__(self, ffn: FFNMap, masks: Sequence[torch.Tensor], *, factor: float = 2.0, select: str = "quantile",
@@ -89,7 +91,6 @@ class RescaleCoefficients(pl.Callback):
         self._handles: list = []
         self._cache: list[tuple[float, torch.Tensor] | None] = []
         self._trainer: pl.Trainer | None = None
-        self._last_step = 0
         self.set_selection(masks, step=0, source=source, thresholds=thresholds)
 
     # ------------------------------------------------------------------------------ selection
@@ -172,7 +173,7 @@ class RescaleCoefficients(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.max_steps = int(trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 \
             else int(trainer.estimated_stepping_batches)
-        self._last_step = self.step = trainer.global_step
+        self.step = self.start_steps(trainer)
         if self.recorder is not None:
             self.recorder.metric.to(pl_module.device)
             self.recorder.reset()
@@ -193,18 +194,15 @@ class RescaleCoefficients(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.recorder is not None:
             self.recorder.armed = False
-        step = trainer.global_step
-        if step == self._last_step:  # mid gradient accumulation
+        if not self.new_step(trainer):  # mid gradient accumulation
             return
-        self._last_step = self.step = step
+        step = self.step = trainer.global_step
         if self.recorder is not None and step % self.every_n_steps == 0:
             self._reselect(trainer, step)
         self._log(trainer)
 
     # ------------------------------------------------------------------------------ helpers
     def _reselect(self, trainer: pl.Trainer, step: int) -> None:
-        from kdyn.interventions.measurement import select_slots
-
         metric = self.recorder.metric
         with metric.sync_context():  # under DDP: sums and token counts of every rank
             table = [c.detach().double().cpu() for c in metric.mean_coefficients()]

@@ -24,12 +24,12 @@ import torch
 
 from kdyn.errors import KdynError
 from kdyn.metrics.knowledge_entropy import layer_entropy
+from kdyn.metrics.slots import SELECTIONS, select_slots
 from kdyn.models.ffn import FFNMap
 
 Table = list[torch.Tensor]  # C̄_l per layer, float64 [d_ff_l]
 
-
-SELECTIONS = ("quantile", "bottom_k", "top_k")
+__all__ = ["SELECTIONS", "Table", "coefficient_table", "select_slots"]  # selection: kdyn.metrics.slots
 
 
 def coefficient_table(ctx: Any, coefficients: str | Path | None, measure: Mapping[str, Any] | None,
@@ -47,27 +47,6 @@ def coefficient_table(ctx: Any, coefficients: str | Path | None, measure: Mappin
     table = measure_table(ctx.model, ctx.ffn, batches)
     check_table(table, ctx.ffn, "the measurement set")
     return table, {"kind": "measured", **({"measurement_set": described} if described else {})}
-
-
-def select_slots(row: torch.Tensor, select: str = "quantile", q: float | None = 0.5,
-                 k: int | None = None) -> tuple[torch.Tensor, float | None]:
-    """The slots of one layer chosen from its C̄ ``row``: a bool mask, and the quantile threshold.
-
-    ``quantile``: C̄_i ≤ torch.quantile(C̄, q) (ties at the threshold included, as Kim et al.);
-    ``bottom_k`` / ``top_k``: the k smallest / largest C̄ (ties broken by the lower slot index).
-    """
-    row = row.double()
-    if select == "quantile":
-        threshold = torch.quantile(row, float(q))
-        return row <= threshold, float(threshold)
-    if select not in ("bottom_k", "top_k"):
-        raise KdynError(f"unknown selection {select!r}; choose one of {', '.join(SELECTIONS)}")
-    if k is None or not 1 <= int(k) <= row.numel():
-        raise KdynError(f"select={select} needs k between 1 and d_ff={row.numel()}, got {k}")
-    order = torch.argsort(row, descending=select == "top_k", stable=True)
-    mask = torch.zeros(row.numel(), dtype=torch.bool)
-    mask[order[: int(k)]] = True
-    return mask, None
 
 
 def measurement_batches(measure: Mapping[str, Any] | None, cfg: Any, tokenizer: Any,
@@ -110,7 +89,7 @@ def load_table(path: str | Path, key: str = "intervention.coefficients") -> tupl
     """The table in a ``coefficients.safetensors`` (or a kdyn-entropy run folder holding one)."""
     from safetensors import safe_open
 
-    from kdyn.entropy import COEFFICIENTS_FILE, load_coefficients
+    from kdyn.metrics.coefficients import COEFFICIENTS_FILE, load_coefficients
 
     file = Path(path).expanduser()
     if file.is_dir():

@@ -97,6 +97,7 @@ from types import MappingProxyType
 from typing import Any
 
 from kdyn.errors import KdynError
+from kdyn.utils.io import atomic_write_text
 
 __all__ = [
     "FAMILIES",
@@ -375,7 +376,6 @@ def _branch_cache_path(repo: str) -> Path:
 
 
 def _write_branch_cache(repo: str, branches: Sequence[str]) -> None:
-    import tempfile
     from datetime import datetime, timezone
 
     path = _branch_cache_path(repo)
@@ -384,11 +384,7 @@ def _write_branch_cache(repo: str, branches: Sequence[str]) -> None:
     record = {"repo": repo, "listed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "source": "huggingface_hub.list_repo_refs", "branches": sorted(branches)}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=1)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(record, indent=1))
     except OSError as exc:  # a read-only cache only costs a hub listing next time
         logging.getLogger(__name__).debug("could not write the branch cache %s: %s", path, exc)
 

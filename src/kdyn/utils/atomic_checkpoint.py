@@ -6,12 +6,12 @@ A job killed while saving (SIGKILL after the grace period, a full disk) leaves t
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from kdyn.utils.io import atomic_path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -19,15 +19,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         target = Path(path)
         if "://" in str(path):  # remote filesystems: fsspec's own write
             return super().save_checkpoint(checkpoint, path, storage_options)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
+        with atomic_path(target) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return None
