@@ -72,9 +72,13 @@ def register(name: str):
 
 
 def build_intervention(node: Mapping[str, Any] | None) -> Intervention:
-    """The intervention described by an ``intervention`` config node (``name`` + parameters)."""
-    _load_builtin()
+    """The intervention described by an ``intervention`` config node: ``_target_`` (the class, any
+    importable :class:`Intervention` subclass: no registry to edit) or ``name`` (a built-in one),
+    plus its parameters."""
     params = dict(node or {"name": "none"})
+    if params.get("_target_") is not None:
+        return _from_target(params)
+    _load_builtin()
     name = params.pop("name", "none")
     if name not in _REGISTRY:
         raise KdynError(f"unknown intervention {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
@@ -82,6 +86,28 @@ def build_intervention(node: Mapping[str, Any] | None) -> Intervention:
         return _REGISTRY[name](**params)
     except TypeError as e:
         raise KdynError(f"intervention={name}: {e}") from None
+
+
+def _from_target(params: dict[str, Any]) -> Intervention:
+    from hydra.utils import get_class
+
+    target = str(params.pop("_target_"))
+    name = params.pop("name", None)
+    try:
+        cls = get_class(target)
+    except Exception as e:  # noqa: BLE001 - a wrong path or a module that fails to import
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise KdynError(f"intervention._target_={target} cannot be imported ({reason}); give the class's full "
+                        "import path, e.g. my_package.my_module.MyIntervention, on the PYTHONPATH") from None
+    if not (isinstance(cls, type) and issubclass(cls, Intervention)):
+        raise KdynError(f"intervention._target_={target} is not a subclass of kdyn.interventions.Intervention")
+    try:
+        intervention = cls(**params)
+    except TypeError as e:
+        raise KdynError(f"intervention={name or target}: {e}") from None
+    if name is not None:
+        intervention.name = str(name)  # the config's name is the one recorded in intervention.json
+    return intervention
 
 
 def _load_builtin() -> None:
