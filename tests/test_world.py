@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from kdyn.data import world_templates as T
 from kdyn.data.world import (
     FICTIONAL_EXTRA_KEYS,
     FICTIONAL_KEYS,
@@ -28,6 +27,7 @@ from kdyn.data.world import (
     verbalize,
     write_twiki_csv,
 )
+from kdyn.data.world import templates as T
 from kdyn.errors import KdynError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -31,7 +31,7 @@ from typing import IO, Any
 from kdyn.data.probes import Probe
 from kdyn.data.world import TWIKI_COLUMNS, Fact, SyntheticWorld, WorldConfig
 from kdyn.data.world import verbalize as world_verbalize
-from kdyn.data.world_templates import TEMPLATES as WORLD_TEMPLATES
+from kdyn.data.world.templates import TEMPLATES as WORLD_TEMPLATES
 from kdyn.errors import KdynError
 
 PERIODS = ("0801-0901", "0901-1001", "1001-1101", "1101-1201")

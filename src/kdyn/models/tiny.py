@@ -28,6 +28,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from kdyn.data import world
 from kdyn.errors import KdynError
 from kdyn.models.checkpoints import CheckpointRef, model_family, nearest_steps
 
@@ -40,7 +41,7 @@ _NOT_FINGERPRINTED = ("revision_lock",)
 # Libraries whose versions shape the weights (kernels, initialisation, optimiser) or the tokenizer.
 _SHAPING_LIBRARIES = ("torch", "transformers", "tokenizers", "lightning", "numpy")
 # Modules whose source generates the synthetic world the tokenizer and the model are trained on.
-_WORLD_MODULES = ("kdyn.data.world", "kdyn.data.world_templates")
+_WORLD_MODULES = (world.__name__, *world.SOURCE_MODULES)
 
 
 # ----------------------------------------------------------------------------------- trajectories
