@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from kdyn.config import CONF_DIR, to_plain
 from kdyn.metrics.coefficients import COEFFICIENTS_FILE, load_coefficients, save_coefficients
+from kdyn.utils.device import pick_device
 from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
 from kdyn.utils.io import atomic_write_json
 from kdyn.validation import validate_config
@@ -58,7 +59,7 @@ def measure_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict
     else:
         batches = document_batches(documents, loaded.tokenizer, sort_by_length=bool(settings.get("sort_by_length", True)),
                                    **common)
-    device = _device(settings.get("device", "auto"))
+    device = pick_device(settings.get("device", "auto"), "entropy.device")
     model = loaded.model.to(device)
 
     state.started = True
@@ -92,12 +93,6 @@ def measure_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict
     atomic_write_json(out / "entropy.json", record)
     _print(record, out)
     return record
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _print(record: dict[str, Any], out: Path) -> None:

@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from kdyn.config import CONF_DIR, chosen_groups, to_plain
+from kdyn.utils.device import pick_device
 from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
 from kdyn.utils.io import atomic_write_json, write_csv
 from kdyn.validation import validate_config
@@ -45,8 +46,7 @@ def evaluate(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]
         max_len=limit, batch_tokens=int(settings["batch_tokens"]),
         batch_overhead_tokens=int(settings.get("batch_overhead_tokens", BATCH_OVERHEAD_TOKENS)))
     probes, items = probe_set.probes, probe_set.items
-    device = torch.device("cuda" if settings.get("device", "auto") == "auto" and torch.cuda.is_available()
-                          else ("cpu" if settings.get("device", "auto") == "auto" else settings["device"]))
+    device = pick_device(settings.get("device", "auto"), "probes.device")
 
     state.started = True
     start = time.perf_counter()
