@@ -14,6 +14,7 @@ import torch
 from kdyn.data import corpora
 from kdyn.data.datamodule import CorpusDataModule, TrainingStream
 from kdyn.data.packing import pack_rows
+from kdyn.data.sources import hub
 from kdyn.data.store import build_store, store_name
 from kdyn.errors import KdynError
 
@@ -272,14 +273,14 @@ def test_a_streamed_corpus_resumes_from_its_saved_position_without_rereading(loc
     assert torch.equal(batches[5]["input_ids"], rows[5 * 6 + 3:5 * 6 + 6])
 
     read = []
-    original = corpora.hub_texts
+    original = hub.hub_texts
 
     def counting(ds, corpus):
         for text in original(ds, corpus):
             read.append(text)
             yield text
 
-    monkeypatch.setattr(corpora, "hub_texts", counting)
+    monkeypatch.setattr(hub, "hub_texts", counting)
     resumed = list(dm.StreamingTrainingStream(local_hub_corpus, tokenizer, SEQ, 3, start_step=start, resume=saved,
                                               **kwargs))
     assert len(resumed) == (10 - start) * 2

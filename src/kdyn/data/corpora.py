@@ -26,27 +26,39 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
-from typing import Any
+from typing import Any, Protocol
 
 from hydra.utils import get_class
 
-from kdyn.data import sources
-from kdyn.data.sources.base import Corpus
-from kdyn.data.sources.hub import hub_dataset, hub_texts  # noqa: F401  (datamodule's streamed hub corpora)
 from kdyn.errors import KdynError
+
+SOURCES = "kdyn.data.sources"
+"""The package holding one module per shipped corpus (imported by name: the facade sits below it)."""
+
+
+class CorpusReader(Protocol):
+    """What a corpus object offers (`kdyn.data.sources.base.Corpus` implements it)."""
+
+    def documents(self) -> Iterable[str]: ...
+
+    def describe(self) -> str: ...
 
 
 def corpus_kinds() -> tuple[str, ...]:
     """The corpora shipped in `kdyn.data.sources` (one module each)."""
-    return tuple(sorted(m.name for m in pkgutil.iter_modules(sources.__path__)
+    package = importlib.import_module(SOURCES)
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(package.__path__)
                         if not m.name.startswith("_") and m.name != "base"))
 
 
-def corpus_class(corpus: Mapping[str, Any]) -> type[Corpus]:
-    """The `Corpus` subclass of a node: ``corpus._target_``, else the one defined in
-    ``kdyn.data.sources.<corpus.name>``."""
+def _is_corpus_class(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, dict) and callable(getattr(value, "documents", None))
+
+
+def corpus_class(corpus: Mapping[str, Any]) -> type:
+    """The corpus class of a node: ``corpus._target_``, else the one defined in ``kdyn.data.sources.<corpus.name>``."""
     target = corpus.get("_target_")
     if target:
         try:
@@ -54,23 +66,22 @@ def corpus_class(corpus: Mapping[str, Any]) -> type[Corpus]:
         except Exception as e:  # Hydra: ImportError / ValueError, with a multi-line message
             raise KdynError(f"corpus._target_={target} cannot be imported ({str(e).splitlines()[0]}); name a "
                             f"Corpus class, e.g. kdyn.data.sources.text.TextCorpus") from None
-        if not issubclass(cls, Corpus):
-            raise KdynError(f"corpus._target_={target} is not a kdyn.data.sources.base.Corpus subclass; "
-                            f"derive the class from Corpus and implement documents()")
+        if not _is_corpus_class(cls):
+            raise KdynError(f"corpus._target_={target} is not a corpus class; derive it from "
+                            f"kdyn.data.sources.base.Corpus and implement documents()")
         return cls
     kind = corpus.get("name")
     if not isinstance(kind, str) or kind not in corpus_kinds():
         raise KdynError(f"unknown corpus {kind!r}; choose one of {', '.join(corpus_kinds())}, or set "
                         f"corpus._target_ to a Corpus class of your own module")
-    module = importlib.import_module(f"{sources.__name__}.{kind}")
-    return next(v for v in vars(module).values()
-                if isinstance(v, type) and issubclass(v, Corpus) and v.__module__ == module.__name__)
+    module = importlib.import_module(f"{SOURCES}.{kind}")
+    return next(v for v in vars(module).values() if _is_corpus_class(v) and v.__module__ == module.__name__)
 
 
-def as_corpus(corpus: Mapping[str, Any]) -> Corpus:
-    """The node as a `Corpus` object (itself when it already is one)."""
-    if isinstance(corpus, Corpus):
-        return corpus
+def as_corpus(corpus: Mapping[str, Any]) -> CorpusReader:
+    """The node as a corpus object (itself when it already is one, e.g. built by Hydra's instantiate)."""
+    if callable(getattr(corpus, "documents", None)):
+        return corpus  # type: ignore[return-value]
     return corpus_class(corpus)({k: v for k, v in corpus.items() if k != "_target_"})
 
 

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from kdyn.data import corpora
 from kdyn.data.packing import pack_rows
 from kdyn.data.rows import ConcatRows, RowTable, TensorRows, as_row_table
+from kdyn.data.sources import hub
 from kdyn.errors import KdynError
 
 # transform(batch, step, global_rows) -> batch; global_rows are the rows' positions in the global batch.
@@ -177,7 +178,7 @@ class StreamingTrainingStream(IterableDataset):
     def _dataset(self):
         import datasets
 
-        ds = corpora.hub_dataset(self.corpus)
+        ds = hub.hub_dataset(self.corpus)
         if isinstance(ds, datasets.Dataset):  # a local datasets folder: iterable, hence resumable, too
             ds = ds.to_iterable_dataset()
         return ds
@@ -187,7 +188,7 @@ class StreamingTrainingStream(IterableDataset):
         from kdyn.data.packing import iter_token_chunks
 
         limit = self.corpus.get("max_documents")
-        texts = corpora.hub_texts(ds, self.corpus)
+        texts = hub.hub_texts(ds, self.corpus)
         while True:
             state = ds.state_dict() if hasattr(ds, "state_dict") else None
             take = ENCODE_CHUNK if not limit else min(ENCODE_CHUNK, int(limit) - docs_before)

@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from kdyn.data.corpora import load_documents
-from kdyn.data.sources.text import require_file
 from kdyn.data.temporalwiki import load_twiki_periods, synthetic_periods, training_documents
+from kdyn.data.textfiles import require_file
 from kdyn.errors import KdynError
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def segment_documents(corpus: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
 def period_files(corpus: Mapping[str, Any], names: list[str]) -> dict[str, Callable[[], list[str]]]:
     """``corpus.periods.<name>.path`` → {period: reader of its documents}; paths are checked now.
 
-    Each entry is read like ``corpus=text`` (`kdyn.data.sources.text`): ``.jsonl`` (``text_field``, default
+    Each entry is read like ``corpus=text`` (`kdyn.data.textfiles`): ``.jsonl`` (``text_field``, default
     ``text``) or ``.txt`` (``txt_split``: paragraph | line | file).
     """
     node = corpus.get("periods")
