@@ -23,6 +23,7 @@ from kdyn.config import CONF_DIR, chosen_groups, to_plain
 from kdyn.errors import EXIT_INTERRUPTED, KdynError
 from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
 from kdyn.utils.io import atomic_write_json, write_csv
+from kdyn.utils.results import collect_result_sections
 from kdyn.utils.run_folder import is_global_rank_zero, start_over
 from kdyn.validation import validate_config
 
@@ -36,6 +37,8 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     """
     from kdyn.callbacks.summary import RunSummary
     from kdyn.data.datamodule import CorpusDataModule
+    from kdyn.interventions import apply_intervention
+    from kdyn.metrics.knowledge_summary import InjectionResults
     from kdyn.models.loading import load_model
     from kdyn.models.provenance import model_record
     from kdyn.module import CausalLMModule
@@ -71,7 +74,7 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     groups = chosen_groups(cfg)
     module = CausalLMModule(loaded.model, to_plain(cfg.optim), run_info={"groups": groups, "model": loaded.ref.describe()})
     module.tokenizer = loaded.tokenizer
-    intervention, intervention_record = _apply_intervention(cfg, loaded, module, out)
+    intervention, intervention_record = apply_intervention(cfg, loaded, module, out)
     summary = RunSummary()
     callbacks = [summary, *build_callbacks(cfg, loaded), *intervention.callbacks(), *(extra_callbacks or [])]
     loggers = build_loggers(cfg, groups)
@@ -127,25 +130,11 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
         "output_dir": str(out),
     }
     extra_rows = []
-    if datamodule.segment_rows is not None and trainer.is_global_zero and not preempted:
-        from kdyn.callbacks.periods import summarize_table
-
-        results["temporalwiki"] = summarize_table(out / "temporalwiki.csv")
-        for period, values in (results["temporalwiki"] or {}).items():
-            extra_rows.append((f"after {period}", f"C_ppl {values.get('C_ppl_full', float('nan')):.2f} "
-                               f"(object {values.get('C_ppl_object', float('nan')):.2f}), UnC_ppl "
-                               f"{values.get('UnC_ppl_full', float('nan')):.2f} "
-                               f"(object {values.get('UnC_ppl_object', float('nan')):.2f})"))
-    if plan is not None and trainer.is_global_zero and not preempted:
-        from kdyn.metrics.knowledge_summary import headline_rows, summarize_run
-
-        results["injection"] = plan.describe()
-        try:
-            results["knowledge"] = summarize_run(out, **to_plain(cfg.inject.metrics)) if plan.events else None
-        except KdynError as e:  # a run too short for the metrics keeps its other results
-            log.warning("knowledge metrics not computed: %s", e)
-            results["knowledge"] = {"error": str(e)}
-        extra_rows = headline_rows(results["knowledge"] or {})
+    if trainer.is_global_zero and not preempted:  # each part adds its own section (kdyn.utils.results)
+        knowledge = [InjectionResults(plan, to_plain(cfg.inject.metrics))] if plan is not None else []
+        sections = collect_result_sections([*callbacks, datamodule, *knowledge], out)
+        results.update(sections.values)
+        extra_rows = sections.rows
     if preempted:  # results.json says so (kdyn-report: interrupted); the exit status tells the scheduler
         results["interrupted"] = {"signal": "SIGTERM", "checkpoint": str(out / "checkpoints" / "last.ckpt"),
                                   "exit_code": EXIT_INTERRUPTED, "resume": "rerun the same command or requeue the job"}
@@ -207,21 +196,6 @@ def _set_run_length(trainer, datamodule) -> None:
         log.info("corpus=%s: %d periods in %d steps (%s)", datamodule.corpus.get("name"), len(segments), total,
                  ", ".join(f"{s.name}: {s.num_steps}" for s in segments))
     trainer.fit_loop.epoch_loop.max_steps = total
-
-
-def _apply_intervention(cfg: DictConfig, loaded, module, out: Path):
-    """Build the chosen intervention and apply it before the optimizer exists; returns it and its record."""
-    from kdyn.interventions import InterventionContext, build_intervention
-    from kdyn.models.ffn import locate_ffn
-
-    intervention = build_intervention(to_plain(cfg.intervention))
-    if intervention.name == "none":
-        return intervention, {"name": "none"}
-    ffn = locate_ffn(loaded.model, to_plain(cfg.model.get("ffn")))
-    ctx = InterventionContext(model=loaded.model, tokenizer=loaded.tokenizer, module=module, ffn=ffn, output_dir=out,
-                              cfg=cfg)
-    record = {"name": intervention.name, **intervention.apply(ctx)}
-    return intervention, record
 
 
 def _injection_plan(cfg: DictConfig, tokenizer, trainer, datamodule):

@@ -26,6 +26,7 @@ from kdyn.data.temporalwiki import period_probes
 from kdyn.errors import KdynError
 from kdyn.metrics.probe_scoring import ProbeSet
 from kdyn.metrics.twiki_perplexity import perplexities
+from kdyn.utils.results import ResultSection
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,16 @@ class PeriodEvaluator(pl.Callback):
             csv.DictWriter(f, fieldnames=COLUMNS).writerows(rows)
         self.rows += rows
         log_scalars(trainer, logged, step=step)
+
+    def result_section(self, out: Path) -> ResultSection | None:
+        """results.json["temporalwiki"] (segmented corpora only) and its lines of the summary table."""
+        if not self.active:
+            return None
+        summary = summarize_table(self.path)
+        rows = [(f"after {period}", f"C_ppl {v.get('C_ppl_full', float('nan')):.2f} (object "
+                 f"{v.get('C_ppl_object', float('nan')):.2f}), UnC_ppl {v.get('UnC_ppl_full', float('nan')):.2f} "
+                 f"(object {v.get('UnC_ppl_object', float('nan')):.2f})") for period, v in (summary or {}).items()]
+        return ResultSection({"temporalwiki": summary}, rows)
 
 
 def summarize_table(path: str | Path) -> dict[str, Any] | None:

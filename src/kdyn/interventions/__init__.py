@@ -88,6 +88,21 @@ def build_intervention(node: Mapping[str, Any] | None) -> Intervention:
         raise KdynError(f"intervention={name}: {e}") from None
 
 
+def apply_intervention(cfg: Any, loaded: Any, module: Any, out: Path) -> tuple[Intervention, dict[str, Any]]:
+    """Build the intervention of ``cfg.intervention`` and apply it to ``loaded.model`` before the optimizer
+    exists; returns it and its record (``intervention.json``, ``results.json["intervention"]``)."""
+    from kdyn.config import to_plain
+    from kdyn.models.ffn import locate_ffn
+
+    intervention = build_intervention(to_plain(cfg.intervention))
+    if intervention.name == "none":
+        return intervention, {"name": "none"}
+    ffn = locate_ffn(loaded.model, to_plain(cfg.model.get("ffn")))
+    ctx = InterventionContext(model=loaded.model, tokenizer=loaded.tokenizer, module=module, ffn=ffn, output_dir=out,
+                              cfg=cfg)
+    return intervention, {"name": intervention.name, **intervention.apply(ctx)}
+
+
 def _from_target(params: dict[str, Any]) -> Intervention:
     from hydra.utils import get_class
 

@@ -10,6 +10,7 @@ acquisition and forgetting are also given as probe-weighted means over its group
 from __future__ import annotations
 
 import csv
+import logging
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from kdyn.errors import KdynError
 from kdyn.metrics.retention import summarize_probe_metrics
+from kdyn.utils.results import ResultSection
+
+log = logging.getLogger(__name__)
 
 PROBE_KEY = ("item", "scenario", "probe_type", "probe_idx")
 
@@ -138,3 +143,21 @@ def headline_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def _fmt(x: Any) -> str:
     return "n/a" if x is None else f"{x:.3g}"
+
+
+class InjectionResults:
+    """The ``injection`` and ``knowledge`` sections of a training run's ``results.json``
+    (:class:`kdyn.utils.results.ContributesResults`): the schedule as planned and trained, and the
+    knowledge metrics of the run's ``probes.csv`` + ``injections.csv`` (``settings``: ``inject.metrics``)."""
+
+    def __init__(self, plan: Any, settings: Mapping[str, Any]):
+        self.plan, self.settings = plan, dict(settings)
+
+    def result_section(self, out: Path) -> ResultSection:
+        values: dict[str, Any] = {"injection": self.plan.describe()}
+        try:
+            values["knowledge"] = summarize_run(out, **self.settings) if self.plan.events else None
+        except KdynError as e:  # a run too short for the metrics keeps its other results
+            log.warning("knowledge metrics not computed: %s", e)
+            values["knowledge"] = {"error": str(e)}
+        return ResultSection(values, headline_rows(values["knowledge"] or {}))
