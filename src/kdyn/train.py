@@ -20,7 +20,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from kdyn.config import CONF_DIR, chosen_groups, to_plain
-from kdyn.errors import EXIT_INTERRUPTED, KdynError
+from kdyn.errors import EXIT_INTERRUPTED
+from kdyn.launch import check_launch, checkpoint_step, fit_stream
 from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
 from kdyn.utils.io import atomic_write_json, write_csv
 from kdyn.utils.results import collect_result_sections
@@ -79,17 +80,8 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     callbacks = [summary, *build_callbacks(cfg, loaded), *intervention.callbacks(), *(extra_callbacks or [])]
     loggers = build_loggers(cfg, groups)
     trainer = build_trainer(cfg, callbacks, loggers, loaded.model)
-    _check_launch(trainer)
-    _set_run_length(trainer, datamodule)
-    plan = _injection_plan(cfg, loaded.tokenizer, trainer, datamodule)
-    if hasattr(datamodule.rows, "check_vocabulary"):  # corpus=pretraining: token ids read from files
-        datamodule.rows.check_vocabulary(loaded.model.get_input_embeddings().num_embeddings)
-        per_step = int(cfg.data.batch_size) * trainer.world_size * trainer.accumulate_grad_batches
-        datamodule.rows.note_global_batch(per_step)
-        if datamodule.rows.label_token:  # the last transform: injection writes into the whole rows first
-            from kdyn.data.pretraining import split_label_token
-
-            datamodule.transforms.append(split_label_token)
+    check_launch(trainer)
+    plan = fit_stream(cfg, trainer, datamodule, loaded)  # run length, injection plan, pretraining-order checks
 
     # 2. Train (resuming when this run folder already holds a checkpoint of the same config).
     ckpt = resume_path(cfg)
@@ -149,69 +141,6 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
                 callback.requeue()
         raise SystemExit(EXIT_INTERRUPTED)
     return results
-
-
-def _check_launch(trainer) -> None:
-    """Local multirun + DDP re-executes the sweep in every extra rank (Lightning #11300): refuse it."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-            return
-        launcher = str(HydraConfig.get().launcher.get("_target_", ""))
-    except Exception:  # noqa: BLE001 - outside Hydra nothing to check
-        return
-    strategy = type(trainer.strategy).__name__
-    if trainer.world_size > 1 and launcher.endswith("BasicLauncher") and "Spawn" not in strategy:
-        raise KdynError(
-            "a local multirun cannot run DDP: Lightning re-executes the command line for every extra rank, which "
-            "would restart the whole sweep. Launch DDP sweeps with hydra/launcher=slurm (srun starts the ranks), "
-            "run DDP jobs one at a time without -m, or use trainer.strategy=ddp_spawn for a local test")
-
-
-def checkpoint_step(path: str) -> int:
-    """The global step of a Lightning checkpoint, read without loading its tensors."""
-    try:
-        return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
-    except Exception as e:  # noqa: BLE001 - truncated, corrupted or not a Lightning checkpoint
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise KdynError(f"cannot read the checkpoint {path} ({reason}): it is truncated or corrupted (a job killed "
-                        "while saving?); start over with resume=false (the earlier files move to replaced/<time>/) "
-                        "or delete the file") from None
-
-
-def _set_run_length(trainer, datamodule) -> None:
-    """Segmented corpora (TemporalWiki periods) define the run's length; a smaller positive
-    ``trainer.max_steps`` cuts it short (with a warning naming the periods left out)."""
-    segments = datamodule.segments(trainer)
-    if segments is None:
-        return
-    total = datamodule.total_steps(trainer)
-    if total < segments[-1].end_step:
-        left_out = [s.name for s in segments if s.end_step > total]
-        log.warning("trainer.max_steps=%d stops before the end of the periods (%d steps); not completed: %s",
-                    total, segments[-1].end_step, ", ".join(left_out))
-    else:
-        log.info("corpus=%s: %d periods in %d steps (%s)", datamodule.corpus.get("name"), len(segments), total,
-                 ", ".join(f"{s.name}: {s.num_steps}" for s in segments))
-    trainer.fit_loop.epoch_loop.max_steps = total
-
-
-def _injection_plan(cfg: DictConfig, tokenizer, trainer, datamodule):
-    """The knowledge-injection schedule of ``cfg.inject`` (validated), attached to the training stream."""
-    if not cfg.inject.get("enabled"):
-        return None
-    from kdyn.data.injection import plan_from_config
-    from kdyn.data.knowledge import assign_scenarios, knowledge_records
-
-    items = assign_scenarios(knowledge_records(to_plain(cfg.inject.source)), to_plain(cfg.inject.scenarios),
-                             int(cfg.inject.num_events))
-    global_batch = int(cfg.data.batch_size) * trainer.world_size * int(trainer.accumulate_grad_batches)
-    plan = plan_from_config(to_plain(cfg.inject), items, tokenizer, seq_len=int(cfg.data.seq_len),
-                            global_batch_size=global_batch, max_steps=datamodule.total_steps(trainer))
-    datamodule.transforms.append(plan)
-    return plan
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
