@@ -238,3 +238,31 @@ def test_batching_pads_less_than_greedy_filling(real_items, tokenizer) -> None:
     batches = make_batches(tokenized, probes, 4096, pad_id=tokenizer.pad_token_id)
     cost = sum(b.input_ids.numel() + P.BATCH_OVERHEAD_TOKENS for b in batches)
     assert cost <= greedy_cost
+
+
+def test_probe_set_scores_every_probe_like_the_unbatched_reference(tiny_models, tokenizer) -> None:
+    """`ProbeSet` (the one pipeline every consumer scores through): the knowledge source's probes, each
+    scored once; its shards partition the batches; ``n_predicted`` is every token but the first."""
+    from kdyn.metrics.probe_scoring import ProbeSet
+
+    source = {"name": "synthetic", "num_items": 3, "seed": 5, "world": SMALL_WORLD}
+    scenarios = {"paraphrase": 1, "duplicate": 1, "once": 1}
+    probe_set = ProbeSet.from_knowledge(source, scenarios, 2, tokenizer, types=("mem", "gen"), include_paragraph=True,
+                                        batch_tokens=256, max_len=MAX_LEN)
+    assert [it.scenario for it in probe_set.items] == ["paraphrase", "duplicate", "once"]
+    assert len(probe_set) == 3 * (2 * 5 + 1)
+    assert [p.index for p in probe_set.probes] == list(range(len(probe_set)))
+    shards = [probe_set.shard(rank, 3) for rank in range(3)]
+    rows = sorted(int(i) for shard in shards for b in shard for i in b.probe_index)
+    assert rows == list(range(len(probe_set))) and sum(map(len, shards)) == len(probe_set.batches)
+    model = tiny_models["olmo"]
+    scores = probe_set.score(model)
+    for p in probe_set.probes:
+        nll, first, full, n = reference_scores(model, tokenizer, p)
+        assert (float(scores["nll"][p.index]), float(scores["nll_full"][p.index])) == pytest.approx((nll, full), abs=1e-5)
+        assert float(scores["nll_first"][p.index]) == pytest.approx(first, abs=1e-5)
+        assert int(scores["n_target"][p.index]) == n
+        whole = (tokenizer.encode(p.target, add_special_tokens=False) if p.probe_type == "paragraph" else
+                 tokenizer.encode(p.input, add_special_tokens=False) + tokenizer.encode(" " + p.target,
+                                                                                        add_special_tokens=False))
+        assert int(probe_set.n_predicted[p.index]) == min(len(whole), MAX_LEN) - 1
