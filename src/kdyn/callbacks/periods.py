@@ -19,6 +19,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from kdyn.callbacks.cadence import OncePerStep
 from kdyn.callbacks.log_utils import log_scalars
 from kdyn.data.periods import is_segmented, load_periods
 from kdyn.data.probes import BATCH_OVERHEAD_TOKENS
@@ -27,6 +28,7 @@ from kdyn.errors import KdynError
 from kdyn.metrics.probe_scoring import ProbeSet
 from kdyn.metrics.twiki_perplexity import perplexities
 from kdyn.utils.results import ResultSection
+from kdyn.utils.tables import restart_table
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ COLUMNS = ["step", "after_period", "probe_period", "scenario", "n", "ppl_full", 
            "ppl_full_token_weighted", "ppl_object_token_weighted"]
 
 
-class PeriodEvaluator(pl.Callback):
+class PeriodEvaluator(OncePerStep):
     def __init__(self, dirpath: str, batch_tokens: int = 8192, evaluate: str = "current", max_len: int | None = None,
                  batch_overhead_tokens: int = BATCH_OVERHEAD_TOKENS):
         if evaluate not in ("current", "all"):
@@ -48,7 +50,6 @@ class PeriodEvaluator(pl.Callback):
         self.period_names: list[str] = []
         self._sets: dict[str, ProbeSet] = {}
         self.rows: list[dict[str, Any]] = []
-        self._last_step = -1
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         datamodule = getattr(trainer, "datamodule", None)
@@ -68,26 +69,17 @@ class PeriodEvaluator(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.active:
             return
-        self._last_step = trainer.global_step
-        if trainer.is_global_zero and (trainer.global_step == 0 or not self.path.is_file()):
-            with self.path.open("w", newline="") as f:
-                csv.DictWriter(f, fieldnames=COLUMNS).writeheader()
-        elif trainer.is_global_zero:  # resuming: keep the rows measured up to the checkpoint
-            with self.path.open(newline="") as f:
-                kept = [r for r in csv.DictReader(f) if int(r["step"]) <= trainer.global_step]
-            with self.path.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=COLUMNS)
-                writer.writeheader()
-                writer.writerows(kept)
+        self.start_steps(trainer)
+        if trainer.is_global_zero:  # a resumed run keeps the rows measured up to its checkpoint
+            restart_table(self.path, COLUMNS, trainer.global_step)
         if trainer.global_step == 0:
             names = self.period_names if self.evaluate == "all" else self.period_names[:1]
             self._score(trainer, pl_module, 0, "before", names)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if not self.active or step == self._last_step:
+        if not self.active or not self.new_step(trainer):
             return
-        self._last_step = step
+        step = trainer.global_step
         period = self.boundaries.get(step)
         if period is not None:
             self._score(trainer, pl_module, step, period, self.period_names if self.evaluate == "all" else [period])

@@ -20,10 +20,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from kdyn.callbacks.cadence import OncePerStep
 from kdyn.callbacks.log_utils import log_scalars
 from kdyn.data.probes import BATCH_OVERHEAD_TOKENS
 from kdyn.errors import KdynError
 from kdyn.metrics.probe_scoring import ProbeSet
+from kdyn.utils.tables import restart_table
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ COLUMNS = ["step", "item", "scenario", "probe_type", "probe_idx", "nll", "nll_fi
 TABLE = "probes.csv"
 
 
-class ProbeScorer(pl.Callback):
+class ProbeScorer(OncePerStep):
     def __init__(self, source: Mapping[str, Any], scenarios: Mapping[str, int], num_events: int, dirpath: str,
                  every_n_steps: int = 1, batch_tokens: int = 8192, types: Sequence[str] = ("mem", "gen", "hard_gen"),
                  include_paragraph: bool = False, max_len: int | None = None,
@@ -45,7 +47,6 @@ class ProbeScorer(pl.Callback):
         self.include_paragraph, self.max_len = include_paragraph, max_len
         self.batch_overhead_tokens = int(batch_overhead_tokens)
         self.probe_set: ProbeSet | None = None
-        self._last_step = -1
         self.scored_steps: list[int] = []
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -68,18 +69,16 @@ class ProbeScorer(pl.Callback):
         return self.probe_set.batches if self.probe_set is not None else []
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        step = trainer.global_step
-        self._last_step = step
-        if trainer.is_global_zero:
-            self._prepare_table(step)
+        step = self.start_steps(trainer)
+        if trainer.is_global_zero:  # a resumed run keeps the rows measured up to its checkpoint
+            restart_table(self.path, COLUMNS, step)
         if step == 0:
             self._score(trainer, pl_module, step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step == self._last_step:
+        if not self.new_step(trainer):
             return  # mid gradient accumulation
-        self._last_step = step
+        step = trainer.global_step
         if step % self.every_n_steps == 0 or step == trainer.max_steps:
             self._score(trainer, pl_module, step)
 
@@ -104,18 +103,6 @@ class ProbeScorer(pl.Callback):
         with self.path.open("a", newline="") as f:
             csv.writer(f).writerows(rows)
         log_scalars(trainer, {k: sum(v) / len(v) for k, v in means.items()}, step=step)
-
-    def _prepare_table(self, step: int) -> None:
-        """Start the table, or keep only rows measured up to ``step`` when resuming."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if step > 0 and self.path.is_file():
-            with self.path.open(newline="") as f:
-                kept = [row for row in csv.DictReader(f) if int(row["step"]) <= step]
-        with self.path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(kept)
 
 
 def _gather(trainer: pl.Trainer, indices: list[int], local: dict[str, torch.Tensor]) -> dict[int, dict[str, float]]:
