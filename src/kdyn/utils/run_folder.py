@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from kdyn.errors import KdynError
+from kdyn.utils.io import atomic_write_bytes
 
 LOCK_FILE = ".kdyn.lock"
 OWNER_FILE = ".kdyn.lock.json"
@@ -69,15 +70,6 @@ class RunFolderLock:
             (self.folder / OWNER_FILE).unlink(missing_ok=True)
             self._lock.release()
             self._lock = None
-
-
-def atomic_write_bytes(path: Path, content: bytes) -> None:
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(content)
-    os.replace(tmp, path)
 
 
 def describe_owner(folder: Path) -> str:

@@ -13,12 +13,12 @@ pyplot, no display, no global backend switch); :func:`save_figure` writes atomic
 from __future__ import annotations
 
 import importlib
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from kdyn.utils.io import atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -78,15 +78,8 @@ def new_figure(nrows: int = 1, ncols: int = 1, panel_size: tuple[float, float] =
 def save_figure(fig: Figure, path: str | Path, fmt: str = "png", dpi: int = 150) -> Path:
     """Save ``fig`` to ``path`` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{fmt}", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=f".{fmt}") as tmp:
         fig.savefig(tmp, format=fmt, dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
