@@ -10,8 +10,6 @@ so this module sits below the entry points and nothing under ``kdyn.models`` imp
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import shutil
@@ -31,6 +29,7 @@ from kdyn.models.tiny import (
     read_trajectory,
     trajectory_folder,
 )
+from kdyn.utils.io import exclusive_lock
 
 log = logging.getLogger("kdyn.organism")
 
@@ -50,7 +49,7 @@ def ensure_trajectory(model_cfg: Mapping[str, Any], pretrain: Pretrain) -> Path:
     if read_trajectory(folder) is not None:
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(folder.with_suffix(".lock")):
+    with exclusive_lock(folder.with_suffix(".lock")):
         if read_trajectory(folder) is not None:  # another process built it while we waited
             return folder
         _build_trajectory(cfg, folder, pretrain)
@@ -76,12 +75,3 @@ def _build_trajectory(cfg: DictConfig, folder: Path, pretrain: Pretrain) -> None
     staging.rename(folder)
     log.info("tiny model trajectory ready in %.0f s: %s", time.time() - start, folder)
 
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -612,14 +612,20 @@ def _olmo_steps(spec: _OlmoSpec) -> list[int]:
     return sorted(steps)
 
 
+def _repo_or_pinned(cfg: dict[str, Any], who: str, family: str, default_repo: str) -> tuple[str, CheckpointRef | None]:
+    """``model.repo`` (checked) or the model's own repo, and the checkpoint when ``model.revision`` pins one."""
+    repo_cfg = cfg.get("repo")
+    repo = _check_repo_id(repo_cfg, who) if repo_cfg is not None else default_repo
+    revision = _parse_revision(cfg.get("revision"), who)
+    return repo, (_explicit(who, family, repo, revision) if revision is not None else None)
+
+
 def _resolve_olmo(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
     spec = _olmo_spec(name)
     who = str(name)
-    repo_cfg = cfg.get("repo")
-    repo = _check_repo_id(repo_cfg, who) if repo_cfg is not None else spec.repo
-    revision = _parse_revision(cfg.get("revision"), who)
-    if revision is not None:
-        return _explicit(who, "olmo", repo, revision)
+    repo, pinned = _repo_or_pinned(cfg, who, "olmo", spec.repo)
+    if pinned is not None:
+        return pinned
     step = _parse_step(cfg.get("step"), who)
     if repo.lower() != spec.repo.lower():
         if step is None:
@@ -691,11 +697,9 @@ def _resolve_olmo2(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
         raise KdynError(f"unknown OLMo-2 model {name!r}; valid names are {', '.join(OLMO2_MODELS)}. For another "
                         "repo use model=hub model.repo=ORG/NAME model.revision=<branch>")
     who = str(name)
-    repo_cfg = cfg.get("repo")
-    repo = _check_repo_id(repo_cfg, who) if repo_cfg is not None else spec.repo
-    revision = _parse_revision(cfg.get("revision"), who)
-    if revision is not None:
-        return _explicit(who, "olmo2", repo, revision)
+    repo, pinned = _repo_or_pinned(cfg, who, "olmo2", spec.repo)
+    if pinned is not None:
+        return pinned
     step = _parse_step(cfg.get("step"), who)
     stage = _parse_positive(cfg.get("stage"), "stage", who, "use model.stage=1 (pretraining) or model.stage=2 "
                             "(mid-training, with model.ingredient=k)")

@@ -20,8 +20,6 @@ and fail with one clear line when the branch moved or a local file changed.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -31,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kdyn.errors import KdynError
-from kdyn.utils.io import atomic_write_text
+from kdyn.utils.io import atomic_write_text, exclusive_lock
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".gguf")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -169,7 +167,7 @@ def apply_lock(lock_file: str | Path, ref, checkpoint: dict[str, Any]) -> dict[s
                         f"({checkpoint['error']}); run with network access (or with the checkpoint in the Hugging Face "
                         "cache), or drop model.revision_lock")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path.with_name(path.name + ".lock")):
+    with exclusive_lock(path.with_name(path.name + ".lock")):
         entries = _read_lock(path)
         pinned = entries.get(key)
         if pinned is None:
@@ -207,12 +205,3 @@ def _read_lock(path: Path) -> dict[str, Any]:
         raise KdynError(f"model.revision_lock={path} holds {type(data).__name__}, not a JSON object; delete it to re-pin")
     return data
 
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
