@@ -121,7 +121,11 @@ def summary_csv(runs: Sequence[Run]) -> str:
             row["condition"], row["n_seeds"] = groups[id(run)].label, groups[id(run)].n_seeds
         if id(run) in duplicates:
             row["identical_weights_as"] = "steps " + " ".join(str(s) for s in duplicates[id(run)])
-    columns = summary_columns(rows)
+    return csv_text(rows, summary_columns(rows))
+
+
+def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """``rows`` as CSV text with ``columns`` (cells written by :func:`format_cell`)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)

@@ -20,8 +20,6 @@ only in seed keys are drawn as their mean with a band.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import re
 from collections.abc import Sequence
@@ -31,7 +29,7 @@ from typing import Any
 
 from kdyn.report.collect import Run
 from kdyn.report.figures import grid, new_figure, save_figure, unique_labels
-from kdyn.report.table import format_cell
+from kdyn.report.table import csv_text
 from kdyn.utils.io import atomic_write_text
 
 MAX_LAYER_PANELS = 6   # per-run/per-model layer panels drawn at most (the total panel shows every line)
@@ -108,15 +106,6 @@ def tidy_rows(points: Sequence[EntropyPoint]) -> list[dict[str, Any]]:
     return rows
 
 
-def _csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([format_cell(row.get(c)) for c in columns])
-    return buf.getvalue()
-
-
 def _mean_by_step(pairs: Sequence[tuple[float, float]]) -> tuple[list[float], list[float], bool]:
     """Sorted steps, the mean value at each step, and whether any step had several values."""
     by_step: dict[float, list[float]] = {}
@@ -172,7 +161,7 @@ def knowledge_entropy(runs: Sequence[Run], out_dir: str | Path, *, fmt: str = "p
         return []
     out_dir = Path(out_dir)
     written = [atomic_write_text(out_dir / "knowledge_entropy.csv",
-                                 _csv_text(tidy_rows(points), ["model", "corpus", "step", "layer", "entropy", "max",
+                                 csv_text(tidy_rows(points), ["model", "corpus", "step", "layer", "entropy", "max",
                                                                "run_dir"]))]
     plotted = [p for p in points if p.step is not None]
     if not plotted:
@@ -296,7 +285,7 @@ def entropy_during_training(runs: Sequence[Run], out_dir: str | Path, *, fmt: st
                              "layer": layer if layer == "total" else int(layer), "entropy": v,
                              "run_dir": str(run.path)})
     written = [atomic_write_text(out_dir / "entropy_during_training.csv",
-                                 _csv_text(rows, ["run", "label", "metric", "step", "layer", "entropy", "run_dir"]))]
+                                 csv_text(rows, ["run", "label", "metric", "step", "layer", "entropy", "run_dir"]))]
 
     def layer_keys(c: Curves) -> list[str]:
         return sorted((layer for metric, layer in c if metric == "entropy" and layer != "total"), key=int)
