@@ -71,7 +71,8 @@ def _problem_lines(runs) -> list[str]:
 def report(dirs: Sequence[str], out: str | None = None, fmt: str = "png", figures: bool = True) -> int:
     """The whole command (raises :class:`KdynError` on bad input); returns the exit status."""
     from kdyn.report.collect import collect_runs, count_statuses
-    from kdyn.report.table import format_table, write_summary
+    from kdyn.report.summary import write_summary
+    from kdyn.report.table import format_table
 
     runs = collect_runs(dirs)
     out_dir = Path(out) if out else (Path(dirs[0]) if len(dirs) == 1 else Path("report"))

@@ -24,11 +24,9 @@ import io
 import json
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from kdyn.report.collect import Run
-from kdyn.utils.io import atomic_write_text
 
 RUN_GROUPS = ("model", "corpus", "intervention", "trainer", "logger", "callbacks", "experiment")
 IDENTITY = ("run_dir", "run", "status", "kind", "error", "sweep_dir", "job_num", "task_name",
@@ -109,21 +107,6 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
-def summary_csv(runs: Sequence[Run]) -> str:
-    from kdyn.report.integrity import duplicate_steps
-    from kdyn.report.seeds import group_of, seed_groups
-
-    rows = [summary_row(r) for r in runs]
-    duplicates = duplicate_steps(runs)
-    groups = group_of(seed_groups(runs))
-    for run, row in zip(runs, rows):
-        if id(run) in groups:  # the condition this run is a seed of, and how many seeds it has
-            row["condition"], row["n_seeds"] = groups[id(run)].label, groups[id(run)].n_seeds
-        if id(run) in duplicates:
-            row["identical_weights_as"] = "steps " + " ".join(str(s) for s in duplicates[id(run)])
-    return csv_text(rows, summary_columns(rows))
-
-
 def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     """``rows`` as CSV text with ``columns`` (cells written by :func:`format_cell`)."""
     buf = io.StringIO()
@@ -132,11 +115,6 @@ def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     for row in rows:
         writer.writerow([format_cell(row.get(c)) for c in columns])
     return buf.getvalue()
-
-
-def write_summary(runs: Sequence[Run], out_dir: str | Path) -> Path:
-    """Write ``<out_dir>/summary.csv`` atomically; returns its path."""
-    return atomic_write_text(Path(out_dir) / "summary.csv", summary_csv(runs))
 
 
 # --- the terminal table -----------------------------------------------------------------------
