@@ -4,7 +4,10 @@ accumulation, launcher) and must still fail before the run folder holds anything
 - :func:`check_launch`: refuse a launch that cannot work (local multirun + DDP);
 - :func:`fit_stream`: fit the training stream to the Trainer — the run length of segmented corpora,
   the knowledge-injection schedule, the checks of ``corpus=pretraining``;
-- :func:`checkpoint_step`: the step of the checkpoint a run resumes from.
+- :func:`checkpoint_step`, :func:`resume_loggers`: the step of the checkpoint a run resumes from, and
+  the loggers cut back to it;
+- after ``fit`` stopped on SIGTERM: :func:`interrupted_section` of ``results.json`` and
+  :func:`requeue_and_exit` (exit status ``EXIT_INTERRUPTED``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from kdyn.config import to_plain
-from kdyn.errors import KdynError
+from kdyn.errors import EXIT_INTERRUPTED, KdynError
 
 log = logging.getLogger("kdyn.train")  # these lines belong to the training job's log
 
@@ -97,3 +100,32 @@ def _injection_plan(cfg: DictConfig, tokenizer, trainer, datamodule):
                             global_batch_size=global_batch, max_steps=datamodule.total_steps(trainer))
     datamodule.transforms.append(plan)
     return plan
+
+
+def resume_loggers(loggers: list[Any], ckpt: str) -> int:
+    """Loggers that keep earlier rows keep those measured up to the checkpoint ``ckpt``; returns its step."""
+    from kdyn.loggers import ResumableCSVLogger
+
+    step = checkpoint_step(ckpt)
+    log.info("resuming from %s (step %d)", ckpt, step)
+    for logger in loggers:
+        if isinstance(logger, ResumableCSVLogger):
+            logger.keep_rows_until(step)
+    return step
+
+
+def interrupted_section(out: Any, steps: int) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """``results.json["interrupted"]`` of a run stopped by SIGTERM, and its line of the summary table."""
+    section = {"signal": "SIGTERM", "checkpoint": str(out / "checkpoints" / "last.ckpt"),
+               "exit_code": EXIT_INTERRUPTED, "resume": "rerun the same command or requeue the job"}
+    rows = [("resume", f"stopped by SIGTERM after step {steps}; checkpoint saved: rerun the same command (or "
+                       "requeue) to continue")]
+    return section, rows
+
+
+def requeue_and_exit(callbacks: list[Any]) -> None:
+    """A launcher's requeue signal (submitit): requeue now (it exits the job); else exit EXIT_INTERRUPTED."""
+    for callback in callbacks:
+        if getattr(callback, "requeue", None) is not None:
+            callback.requeue()
+    raise SystemExit(EXIT_INTERRUPTED)

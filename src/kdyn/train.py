@@ -19,9 +19,9 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from kdyn import launch, run
 from kdyn.config import CONF_DIR, chosen_groups, to_plain
-from kdyn.errors import EXIT_INTERRUPTED
-from kdyn.launch import check_launch, checkpoint_step, fit_stream
+from kdyn.launch import checkpoint_step  # noqa: F401 - still importable as kdyn.train.checkpoint_step
 from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
 from kdyn.utils.io import atomic_write_json, write_csv
 from kdyn.utils.results import collect_result_sections
@@ -44,15 +44,6 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     from kdyn.models.provenance import model_record
     from kdyn.module import CausalLMModule
     from kdyn.organism import ensure_model
-    from kdyn.run import (
-        build_callbacks,
-        build_loggers,
-        build_trainer,
-        finish_loggers,
-        print_summary,
-        record_config,
-        resume_path,
-    )
 
     validate_config(cfg, "train")
     state = state or RunStarted()
@@ -77,36 +68,30 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
     module.tokenizer = loaded.tokenizer
     intervention, intervention_record = apply_intervention(cfg, loaded, module, out)
     summary = RunSummary()
-    callbacks = [summary, *build_callbacks(cfg, loaded), *intervention.callbacks(), *(extra_callbacks or [])]
-    loggers = build_loggers(cfg, groups)
-    trainer = build_trainer(cfg, callbacks, loggers, loaded.model)
-    check_launch(trainer)
-    plan = fit_stream(cfg, trainer, datamodule, loaded)  # run length, injection plan, pretraining-order checks
+    callbacks = [summary, *run.build_callbacks(cfg, loaded), *intervention.callbacks(), *(extra_callbacks or [])]
+    loggers = run.build_loggers(cfg, groups)
+    trainer = run.build_trainer(cfg, callbacks, loggers, loaded.model)
+    launch.check_launch(trainer)
+    plan = launch.fit_stream(cfg, trainer, datamodule, loaded)  # run length, injection plan, pretraining-order checks
 
     # 2. Train (resuming when this run folder already holds a checkpoint of the same config).
-    ckpt = resume_path(cfg)
+    ckpt = run.resume_path(cfg)
     state.started = True
     out.mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:
-        record_config(cfg)
+        run.record_config(cfg)
         atomic_write_json(out / "intervention.json", intervention_record)
         if plan is not None:
             write_csv(out / "injections.csv", plan.to_rows())
     if ckpt:
-        from kdyn.loggers import ResumableCSVLogger
-
-        step = checkpoint_step(ckpt)
-        log.info("resuming from %s (step %d)", ckpt, step)
-        for logger in loggers:
-            if isinstance(logger, ResumableCSVLogger):
-                logger.keep_rows_until(step)
+        launch.resume_loggers(loggers, ckpt)  # metrics.csv keeps the rows measured up to the checkpoint
     preempted = False
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
     except SIGTERMException:  # PreemptionCheckpoint saved last.ckpt: report it, then exit EXIT_INTERRUPTED
         preempted = True
     finally:
-        finish_loggers(loggers)
+        run.finish_loggers(loggers)
 
     # 3. Summarise.
     results = {
@@ -128,18 +113,12 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
         results.update(sections.values)
         extra_rows = sections.rows
     if preempted:  # results.json says so (kdyn-report: interrupted); the exit status tells the scheduler
-        results["interrupted"] = {"signal": "SIGTERM", "checkpoint": str(out / "checkpoints" / "last.ckpt"),
-                                  "exit_code": EXIT_INTERRUPTED, "resume": "rerun the same command or requeue the job"}
-        extra_rows = [("resume", f"stopped by SIGTERM after step {results['steps']}; checkpoint saved: rerun the "
-                                 "same command (or requeue) to continue")]
+        results["interrupted"], extra_rows = launch.interrupted_section(out, results["steps"])
     if trainer.is_global_zero:
         atomic_write_json(out / "results.json", results)
-        print_summary("kdyn-train", results, extra_rows)
+        run.print_summary("kdyn-train", results, extra_rows)
     if preempted:
-        for callback in callbacks:  # a launcher's requeue signal (submitit): requeue now, it exits the job
-            if getattr(callback, "requeue", None) is not None:
-                callback.requeue()
-        raise SystemExit(EXIT_INTERRUPTED)
+        launch.requeue_and_exit(callbacks)
     return results
 
 
