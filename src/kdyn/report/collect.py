@@ -19,6 +19,7 @@ Bad *input* (a folder that does not exist, a folder without any run) raises
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -116,15 +117,18 @@ class Run:
     def metrics_path(self) -> Path:
         return self.path / METRICS_FILE
 
-    def metrics(self):
-        """``metrics.csv`` as a pandas DataFrame (``None`` when absent or unreadable); loaded once."""
+    def metrics(self) -> dict[str, list[str]] | None:
+        """``metrics.csv`` as columns, ``{header: [cell text per row]}`` (``None`` when absent or
+        unreadable); loaded once."""
         if not self._metrics_loaded:
             self._metrics_loaded = True
             if self.metrics_path.is_file():
-                import pandas as pd
-
                 try:
-                    self._metrics = pd.read_csv(self.metrics_path)
+                    with open(self.metrics_path, newline="", encoding="utf-8") as f:
+                        rows = list(csv.reader(f))
+                    header = rows[0] if rows else []
+                    self._metrics = {name: [row[i] if i < len(row) else "" for row in rows[1:]]
+                                     for i, name in enumerate(header)}
                 except Exception:  # noqa: BLE001 - a broken metrics file only loses this run's curves
                     self._metrics = None
         return self._metrics

@@ -240,29 +240,32 @@ def training_curves(runs: Sequence[Run]) -> list[tuple[Run, Curves]]:
     """
     out = []
     for run in runs:
-        df = run.metrics()
-        if df is None or "entropy/total" not in getattr(df, "columns", []):
+        columns = run.metrics()
+        if not columns or "entropy/total" not in columns:
             continue
-        import pandas as pd
-
-        if "step" in df.columns:
-            steps = pd.to_numeric(df["step"], errors="coerce")
-        else:
-            steps = pd.Series(range(len(df)), index=df.index, dtype=float)
+        n_rows = len(columns["entropy/total"])
+        steps = [_number(v) for v in columns["step"]] if "step" in columns else [float(i) for i in range(n_rows)]
         curves: Curves = {}
-        for column in df.columns:
+        for column, cells in columns.items():
             m = _ENTROPY_COLUMN.match(str(column))
             if not m:
                 continue
-            values = pd.to_numeric(df[column], errors="coerce")
-            keep = values.notna() & steps.notna()
-            if keep.any():
-                pairs = sorted(zip(steps[keep].astype(float), values[keep].astype(float)))
+            pairs = sorted((s, v) for s, v in zip(steps, map(_number, cells)) if s is not None and v is not None)
+            if pairs:
                 curves[(m.group(1), m.group(2) if m.group(2) == "total" else m.group(3))] = (
                     [a for a, _ in pairs], [b for _, b in pairs])
         if ("entropy", "total") in curves:
             out.append((run, dict(sorted(curves.items(), key=lambda kv: _curve_order(kv[0])))))
     return out
+
+
+def _number(text: str) -> float | None:
+    """A metrics.csv cell as a float; ``None`` for an empty, non-numeric or NaN cell (not logged)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return None if value != value else value  # NaN: not logged
 
 
 def _curve_order(key: tuple[str, str]) -> tuple[int, str, int]:
