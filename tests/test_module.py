@@ -80,3 +80,41 @@ def test_lr_multipliers_make_their_own_groups(tiny_models):
 def test_unknown_scheduler_is_rejected_at_construction(tiny_models):
     with pytest.raises(KdynError, match="optim.scheduler"):
         CausalLMModule(tiny_models["gpt2"], {"lr": 1e-3, "scheduler": "wsd"})
+
+
+def test_optimizer_is_the_optim_target_with_the_yaml_defaults(tiny_models):
+    from omegaconf import OmegaConf
+
+    from kdyn.config import CONF_DIR
+
+    written = OmegaConf.load(CONF_DIR / "train.yaml").optim  # the defaults, read here independently
+    module = CausalLMModule(tiny_models["gpt2"], {"lr": 1e-3})
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert type(optimizer) is torch.optim.AdamW and written["_target_"] == "torch.optim.AdamW"
+    for group in optimizer.param_groups:
+        assert tuple(group["betas"]) == tuple(written.betas) and group["eps"] == written.eps
+        assert group["lr"] == pytest.approx(1e-3)
+        assert group["weight_decay"] in (0.0, written.weight_decay)
+    # A partial node takes the schedule of conf/train.yaml (no second default in the code).
+    assert module.optim["scheduler"] == written.scheduler and module.optim["warmup_steps"] == written.warmup_steps
+
+
+def test_another_optimizer_class_by_target(tiny_models):
+    from kdyn.config import compose_config, to_plain
+
+    cfg = compose_config("train", ["optim._target_=torch.optim.SGD", "~optim.betas", "~optim.eps", "+optim.momentum=0.5"])
+    module = CausalLMModule(tiny_models["gpt2"], to_plain(cfg.optim))
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert type(optimizer) is torch.optim.SGD
+    assert all(g["momentum"] == 0.5 and g["lr"] == pytest.approx(cfg.optim.lr) for g in optimizer.param_groups)
+
+
+@pytest.mark.parametrize("change", [{"_target_": "torch.optim.NoSuchOptimizer"}, {"_target_": "torch.optim.SGD"},
+                                    {"_partial_": False}])
+def test_bad_optimizer_target_is_one_line(tiny_models, change):
+    from kdyn.config import compose_config, to_plain
+
+    module = CausalLMModule(tiny_models["gpt2"], {**to_plain(compose_config("train").optim), **change})
+    with pytest.raises(KdynError, match=r"optim\._") as info:
+        module.configure_optimizers()
+    assert "\n" not in str(info.value)

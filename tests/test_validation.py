@@ -87,7 +87,7 @@ def test_bad_values_are_one_line_naming_the_key(task, override, key):
 
 
 def test_unknown_key_lists_the_valid_ones():
-    with pytest.raises(KdynError, match=r"valid optim keys: lr, .*min_lr_ratio"):
+    with pytest.raises(KdynError, match=r"valid optim keys: _target_, _partial_, lr, .*min_lr_ratio"):
         validate_config(compose_config("train", ["+optim.lrr=0.1"]), "train")
 
 

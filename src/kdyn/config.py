@@ -63,6 +63,13 @@ def chosen_groups(cfg: DictConfig) -> dict[str, str | None]:
     return out
 
 
+def yaml_node(config_name: str, path: str) -> DictConfig | None:
+    """Node ``path`` of ``conf/<config_name>.yaml`` as written there (the node's defaults, the one
+    place they live; interpolations unresolved); ``None`` when the file has no such mapping."""
+    node = OmegaConf.select(OmegaConf.load(CONF_DIR / f"{config_name}.yaml"), path)
+    return node if isinstance(node, DictConfig) else None
+
+
 def to_plain(node: Any) -> Any:
     """A resolved plain container (dict/list/scalars) of a config node."""
     if isinstance(node, DictConfig) or OmegaConf.is_config(node):

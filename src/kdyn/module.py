@@ -2,7 +2,9 @@
 
 Read top to bottom: forward → loss (padding ignored, fp32 cross-entropy) → AdamW with decay/no-decay
 groups (and optional per-parameter learning-rate multipliers, used by ``intervention=localize_alr``)
-→ warmup + cosine/linear/constant schedule. Frozen parameters (``requires_grad=False``) never reach
+→ warmup + cosine/linear/constant schedule. The optimizer class is the ``optim`` node's ``_target_``
+(``torch.optim.AdamW``, ``_partial_``: built here with the parameter groups); every default is the
+one in ``conf/train.yaml``. Frozen parameters (``requires_grad=False``) never reach
 the optimizer, so no state, weight decay or momentum touches them.
 """
 
@@ -20,6 +22,41 @@ from torch import nn
 from kdyn.errors import KdynError
 
 SCHEDULES = ("cosine", "linear", "constant")
+# Keys of the optim node that shape the LR schedule (total_steps: the run length when there is no
+# Trainer); the others are the optimizer's arguments.
+SCHEDULE_KEYS = ("scheduler", "warmup_steps", "min_lr_ratio", "total_steps")
+
+
+def optim_config(optim: Mapping[str, Any]) -> dict[str, Any]:
+    """``optim`` over the defaults of ``conf/train.yaml``'s optim node (the one place they live). A node
+    that names its optimizer (``_target_``, e.g. the composed config) keeps exactly its optimizer
+    arguments and only takes missing schedule keys; a node without (a few keys given from Python)
+    gets the whole default node under it."""
+    from omegaconf import OmegaConf
+
+    from kdyn.config import to_plain, yaml_node
+
+    defaults = to_plain(yaml_node("train", "optim"))
+    if "_target_" in optim:
+        defaults = {k: v for k, v in defaults.items() if k in SCHEDULE_KEYS}
+    return to_plain(OmegaConf.merge(defaults, dict(optim)))
+
+
+def build_optimizer(optim: Mapping[str, Any], groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """The optimizer of ``optim._target_`` (``_partial_``: its keys but the schedule's become the
+    class's keyword arguments, the parameter groups its first argument)."""
+    from hydra.utils import instantiate
+
+    if not optim.get("_partial_"):
+        raise KdynError("optim._partial_ must be true: the module builds the optimizer with its parameter groups")
+    spec = {k: v for k, v in optim.items() if k not in SCHEDULE_KEYS}
+    try:
+        return instantiate(spec, _convert_="all")(groups)
+    except Exception as e:  # noqa: BLE001 - a wrong class path or an argument the class does not take
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise KdynError(f"optim._target_={spec.get('_target_')}: cannot build the optimizer ({reason}); "
+                        "give a torch.optim class (default torch.optim.AdamW) and only keys it takes "
+                        "(remove the others with ~optim.<key>)") from None
 
 
 def lr_lambda(step: int, *, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:
@@ -61,8 +98,8 @@ class CausalLMModule(pl.LightningModule):
     def __init__(self, model: nn.Module, optim: Mapping[str, Any], run_info: Mapping[str, Any] | None = None):
         super().__init__()
         self.model = model.train()  # from_pretrained returns eval mode; training uses dropout if the model has any
-        self.optim = dict(optim)
-        if self.optim.get("scheduler", "cosine") not in SCHEDULES:
+        self.optim = optim_config(optim)
+        if self.optim["scheduler"] not in SCHEDULES:
             raise KdynError(f"unknown optim.scheduler {self.optim['scheduler']!r}; choose one of {', '.join(SCHEDULES)}")
         # Plain containers only, so checkpoints reload with torch.load(weights_only=True).
         self.save_hyperparameters({"optim": self.optim, "run": dict(run_info or {})})
@@ -118,17 +155,16 @@ class CausalLMModule(pl.LightningModule):
         groups = self.parameter_groups()
         if not groups:
             raise KdynError("no trainable parameters: every parameter is frozen; check the intervention's layer choice")
-        betas = tuple(self.optim.get("betas", (0.9, 0.95)))
-        optimizer = torch.optim.AdamW(groups, lr=self.optim["lr"], betas=betas, eps=self.optim.get("eps", 1e-8))
+        optimizer = build_optimizer(self.optim, groups)
         total = self._total_steps()
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             lambda step: lr_lambda(
                 step,
-                warmup_steps=int(self.optim.get("warmup_steps", 0)),
+                warmup_steps=int(self.optim["warmup_steps"]),
                 total_steps=total,
-                schedule=self.optim.get("scheduler", "cosine"),
-                min_lr_ratio=float(self.optim.get("min_lr_ratio", 0.1)),
+                schedule=self.optim["scheduler"],
+                min_lr_ratio=float(self.optim["min_lr_ratio"]),
             ),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -140,7 +176,7 @@ class CausalLMModule(pl.LightningModule):
         that share a multiplier share a group, so the LR scheduler scales every group alike and
         per-layer rates keep their ratios through warmup and decay.
         """
-        lr, weight_decay = float(self.optim["lr"]), float(self.optim.get("weight_decay", 0.0))
+        lr, weight_decay = float(self.optim["lr"]), float(self.optim["weight_decay"])
         buckets: dict[tuple[bool, float], list[nn.Parameter]] = {}
         names: dict[tuple[bool, float], list[str]] = {}
         for name, param in self.model.named_parameters():

@@ -38,6 +38,9 @@ _FINGERPRINT_KEYS = ("model", "corpus", "data", "optim", "seed", "trainer.max_st
                      "trainer.accumulate_grad_batches", "trainer.gradient_clip_val", "callbacks.hf_trajectory.steps")
 # Keys of those nodes that do not shape the weights (bookkeeping).
 _NOT_FINGERPRINTED = ("revision_lock",)
+# Keys added to those nodes after trajectories were first fingerprinted: hashed only when they differ
+# from these values (the choice every existing trajectory was built with), so its folder stays valid.
+_FINGERPRINTED_IF_CHANGED = {"optim": {"_target_": "torch.optim.AdamW", "_partial_": True}}
 # Libraries whose versions shape the weights (kernels, initialisation, optimiser) or the tokenizer.
 _SHAPING_LIBRARIES = ("torch", "transformers", "tokenizers", "lightning", "numpy")
 # Modules whose source generates the synthetic world the tokenizer and the model are trained on.
@@ -90,7 +93,9 @@ def fingerprint(pretrain_cfg, environment: Mapping[str, str] | None = None) -> s
         node = OmegaConf.select(pretrain_cfg, key)
         value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
         if isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k not in _NOT_FINGERPRINTED}
+            same = _FINGERPRINTED_IF_CHANGED.get(key, {})
+            value = {k: v for k, v in value.items() if k not in _NOT_FINGERPRINTED
+                     and not (k in same and v == same[k])}
         picked[key] = value
     picked["environment"] = dict(build_environment() if environment is None else environment)
     blob = json.dumps(picked, sort_keys=True, default=str).encode()
