@@ -1,7 +1,9 @@
 """Interventions (``intervention=`` config group): what is done to the model before/while it trains.
 
-Every intervention is a small class registered under its config name. ``kdyn-train`` builds the
-chosen one from the ``intervention`` node and calls, in this order:
+Every intervention is a small class named by the ``_target_`` of its ``conf/intervention/<name>.yaml``
+(one module + one YAML file, no registry to edit; ``name`` is what ``intervention.json`` records; a
+node without ``_target_``, e.g. an older saved config, falls back to the built-in class of that
+``name``). ``kdyn-train`` builds the chosen one from the ``intervention`` node and calls, in this order:
 
 0. ``check()`` — the parameters alone, no model (also run for every job before a sweep starts).
 1. ``apply(ctx)`` — after the model is loaded and *before* the optimizer is built: edit weights
@@ -59,6 +61,7 @@ class Intervention:
         return []
 
 
+# Fallback for nodes without ``_target_`` only: built-in name -> class.
 _REGISTRY: dict[str, Callable[..., Intervention]] = {"none": Intervention}
 
 
@@ -73,8 +76,8 @@ def register(name: str):
 
 def build_intervention(node: Mapping[str, Any] | None) -> Intervention:
     """The intervention described by an ``intervention`` config node: ``_target_`` (the class, any
-    importable :class:`Intervention` subclass: no registry to edit) or ``name`` (a built-in one),
-    plus its parameters."""
+    importable :class:`Intervention` subclass: every shipped YAML names one) or, without it, ``name``
+    (a built-in one), plus its parameters."""
     params = dict(node or {"name": "none"})
     if params.get("_target_") is not None:
         return _from_target(params)
