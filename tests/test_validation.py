@@ -113,6 +113,57 @@ def test_schedules_agree_with_the_module():
     assert tuple(CHECKED) == tuple(SCHEDULES)
 
 
+def test_knowledge_sources_agree_with_the_reader():
+    from kdyn.data.knowledge import _SOURCE_KEYS
+    from kdyn.validation import KNOWLEDGE_SOURCES
+
+    assert tuple(KNOWLEDGE_SOURCES) == tuple(_SOURCE_KEYS)
+
+
+def _yaml_keys(path: Path) -> list[str]:
+    """Top-level keys of one YAML file, read here independently of kdyn (defaults list left out)."""
+    from omegaconf import OmegaConf
+
+    return [str(k) for k in OmegaConf.load(path).keys() if k != "defaults"]
+
+
+# (task, overrides, the refused key, the node whose valid keys are listed, a file whose keys they include)
+GROUP_TYPOS = [
+    ("train", ["+model.foo=1"], "model.foo", "model", "model/tiny.yaml"),
+    ("entropy", ["model=pythia-160m", "+model.stepp=3"], "model.stepp", "model", "model/base/checkpoint.yaml"),
+    ("eval", ["+model.ffn.down=x"], "model.ffn.down", "model.ffn", None),
+    ("train", ["intervention=localize", "+intervention.q=0.5"], "intervention.q", "intervention",
+     "intervention/localize.yaml"),
+    ("train", ["intervention=rescale", "+intervention.measure.seqlen=9"], "intervention.measure.seqlen",
+     "intervention.measure", None),
+    ("train", ["corpus=temporalwiki", "+corpus.period=x"], "corpus.period", "corpus", "corpus/temporalwiki.yaml"),
+    ("entropy", ["+corpus.maxdocs=3"], "corpus.maxdocs", "corpus", "corpus/synthetic.yaml"),
+    ("train", ["+inject.source.numitems=3"], "inject.source.numitems", "inject.source", None),
+]
+
+
+@pytest.mark.parametrize(("task", "overrides", "key", "node", "file"), GROUP_TYPOS)
+def test_unknown_key_in_a_group_node_is_refused_with_the_valid_ones(task, overrides, key, node, file):
+    with pytest.raises(KdynError) as info:
+        validate_config(compose_config(task, overrides), task)
+    message = str(info.value)
+    assert "\n" not in message and f"unknown key {key} " in message
+    listed = re.search(rf"valid {re.escape(node)} keys[^:]*: ([^.]*(?:\.[^ ][^.]*)*)\. Fix", message).group(1).split(", ")
+    if file is not None:
+        assert set(_yaml_keys(CONF_DIR / file)) <= set(listed)
+    assert key.rsplit(".", 1)[1] not in listed
+
+
+def test_group_keys_follow_the_chosen_option():
+    # scratch has init_seed, tiny does not: the same key is valid for one option and refused for the other
+    validate_config(compose_config("train", ["model=scratch", "model.init_seed=3"]), "train")
+    with pytest.raises(KdynError, match="unknown key model.init_seed .*model=tiny"):
+        validate_config(compose_config("train", ["+model.init_seed=3"]), "train")
+    # a model named differently from its file is checked against the file Hydra chose (model=hub)
+    cfg = compose_config("train", ["model=hub", "model.name=mine", "model.repo=org/mine"])
+    validate_config(cfg, "train")
+
+
 @pytest.mark.parametrize("args", [["optim.lrr=0.1"], ["+optim.lrr=0.1"], ["data.batch_size=0"]])
 def test_command_line_refuses_in_one_line_and_writes_nothing(tmp_path, args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "KDYN_CACHE_DIR": str(tmp_path / "cache")}

@@ -9,6 +9,9 @@ the value, what is allowed and how to fix it.
 Nodes marked ``strict`` also refuse keys that the schema does not know (a typo such as
 ``+optim.lrr=0.1`` would otherwise be silently ignored); nodes that are passed on to a class
 (``trainer``, ``callbacks.*``) accept extra keyword arguments and only have their known keys checked.
+The group nodes ``model``, ``corpus`` and ``intervention`` (``GROUP_NODES``) accept exactly the keys of
+the chosen option's own YAML file (its defaults list included, nested nodes too): ``+model.foo`` or
+``+intervention.qq`` is refused with the valid keys listed.
 
 No heavy imports: this module needs omegaconf only (the sweep pre-validation imports it cheaply).
 """
@@ -29,6 +32,7 @@ from kdyn.errors import KdynError
 
 TASKS = ("train", "entropy", "eval", "trace")
 SCHEDULES = ("cosine", "linear", "constant")  # kdyn.module.SCHEDULES (checked equal in the tests)
+KNOWLEDGE_SOURCES = ("synthetic", "fictional_knowledge")  # kdyn.data.knowledge's (checked equal in the tests)
 DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
 
 
@@ -86,6 +90,17 @@ class Inject:  # the injection schedule (its item source and scenarios are check
     source: dict = spec()
     scenarios: dict = spec()
     metrics: dict = spec()
+
+
+@dataclass
+class InjectSource:  # one node serves every knowledge source (kdyn.data.knowledge reads it)
+    name: str = spec(choices=KNOWLEDGE_SOURCES)
+    num_items: int = spec(min=1, hint="synthetic: how many new entities")
+    seed: int = spec(min=0)
+    world: dict = spec()
+    path: str | None = spec(hint="fictional_knowledge: a folder or .json file (null: the hub dataset)")
+    hub_dataset: str = spec()
+    items: list[int] = spec(min=0, length=2, hint="fictional_knowledge: [start, stop] of the items used")
 
 
 @dataclass
@@ -168,6 +183,7 @@ NODES: tuple[tuple[tuple[str, ...], str, type, bool], ...] = (
     (("train",), "trainer", Trainer, False),
     (("train",), "inject", Inject, True),
     (("train",), "inject.metrics", InjectMetrics, True),
+    (("train",), "inject.source", InjectSource, True),
     (("train", "entropy"), "corpus", Corpus, False),
     (("train",), "callbacks.entropy", EveryNSteps, False),
     (("train",), "callbacks.probes", EveryNSteps, False),
@@ -176,6 +192,14 @@ NODES: tuple[tuple[tuple[str, ...], str, type, bool], ...] = (
     (("entropy",), "entropy", Entropy, True),
     (("eval",), "probes", Probes, True),
     (("trace",), "trace", Trace, True),
+)
+
+
+# (tasks, group): nodes whose valid keys are those of the chosen option's YAML file
+GROUP_NODES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (TASKS, "model"),
+    (("train", "entropy"), "corpus"),
+    (("train",), "intervention"),
 )
 
 
@@ -197,6 +221,76 @@ def validate_config(cfg: DictConfig, task: str) -> None:
         if not isinstance(node, DictConfig):
             raise KdynError(f"{path} must be a config node (a mapping), got {_show(node)}")
         check_node(node, schema, path, strict=strict, known=_declared_keys(task, path))
+    for tasks, group in GROUP_NODES:
+        if task in tasks and isinstance(cfg.get(group), DictConfig):
+            check_group_keys(cfg, group)
+
+
+def check_group_keys(cfg: DictConfig, group: str) -> None:
+    """Refuse a key of ``cfg[group]`` (at any depth) that the chosen option's YAML file does not have;
+    an option that cannot be told (no file of that name) is not checked here."""
+    option = _chosen_option(cfg, group)
+    written = _option_tree(group, option) if option is not None else None
+    if written is None:
+        return
+    _compare_keys(cfg[group], written, group, f"{group}={option}")
+
+
+def _compare_keys(node: DictConfig, written: Mapping[str, Any], path: str, option: str) -> None:
+    unknown = sorted(str(k) for k in node.keys() if str(k) not in written)
+    if unknown:
+        raise KdynError(f"unknown key {path}.{unknown[0]} (a typo?); valid {path} keys of {option}: "
+                        f"{', '.join(map(str, written))}. Fix the name on the command line or in the config file")
+    for key, sub in written.items():  # a mapping written empty ({}) is free-form: not compared
+        value = node._get_node(key)
+        if isinstance(sub, dict) and sub and isinstance(value, DictConfig) and not value._is_none():
+            _compare_keys(value, sub, f"{path}.{key}", option)
+
+
+def _chosen_option(cfg: DictConfig, group: str) -> str | None:
+    """The option file of ``group`` the config was composed from: the node's ``name`` when a file has
+    that name, otherwise Hydra's recorded choice (``model=hub model.name=mine``)."""
+    from kdyn.config import CONF_DIR
+
+    name = OmegaConf.select(cfg, f"{group}.name", default=None, throw_on_resolution_failure=False)
+    if isinstance(name, str) and (CONF_DIR / group / f"{name}.yaml").is_file():
+        return name
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choice = HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
+    except Exception:  # noqa: BLE001 - outside a Hydra app there is no recorded choice
+        choice = None
+    return str(choice) if choice and (CONF_DIR / group / f"{choice}.yaml").is_file() else None
+
+
+_OPTION_TREES: dict[tuple[str, str], dict[str, Any] | None] = {}
+
+
+def _option_tree(group: str, option: str) -> dict[str, Any] | None:
+    """The key tree of ``conf/<group>/<option>.yaml`` composed alone (``None`` if it does not compose)."""
+    if (group, option) not in _OPTION_TREES:
+        import warnings
+
+        from kdyn.config import compose_config
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                node = compose_config(f"{group}/{option}")[group]
+            tree = _key_tree(node)
+        except Exception:  # noqa: BLE001 - an option that does not compose alone: not checked here
+            tree = None
+        _OPTION_TREES[group, option] = tree
+    return _OPTION_TREES[group, option]
+
+
+def _key_tree(node: DictConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in node.keys():
+        child = node._get_node(key)
+        out[str(key)] = _key_tree(child) if isinstance(child, DictConfig) and not child._is_none() else None
+    return out
 
 
 def check_node(node: DictConfig, schema: type, path: str, strict: bool, known: Sequence[str] = ()) -> None:
