@@ -63,7 +63,8 @@ def test_new_model_family_composes_resolves_and_is_located(examples, tmp_path):
     assert (node["name"], node["repo"], node["family"], node["step"], node["dtype"]) == (
         "smollm-135m", "HuggingFaceTB/SmolLM-135M", "hub", None, "float32")
     assert set(node) == {"name", "family", "repo", "step", "revision", "path", "dtype", "attn_implementation",
-                         "trust_remote_code", "ffn", "revision_lock"}
+                         "trust_remote_code", "ffn", "revision_lock", "resolver"}
+    assert node["resolver"] == "kdyn.models.checkpoints.resolve_hub"  # named in the family's base file
     ref = resolve(cfg.model)
     assert (ref.name, ref.family, ref.location, ref.revision) == ("smollm-135m", "hub", "HuggingFaceTB/SmolLM-135M",
                                                                   None)

@@ -38,7 +38,7 @@ OUR_CONFIGS = (
 )
 SCHEMA_KEYS = {
     "name", "family", "repo", "step", "revision", "path", "dtype", "attn_implementation", "trust_remote_code", "ffn",
-    "revision_lock",
+    "revision_lock", "resolver",
 }
 CHECKPOINT_FAMILIES = {"pythia", "olmo", "olmo2", "gpt2", "local", "hub", "tiny"}
 

@@ -40,3 +40,41 @@ def test_a_node_without_target_still_builds_the_builtin_by_name():
 def test_optim_node_names_the_optimizer_class():
     node = OmegaConf.load(CONF_DIR / "train.yaml").optim
     assert node._target_ == "torch.optim.AdamW" and node._partial_ is True
+
+
+MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if p.stem not in ("local", "scratch"))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_file_names_its_resolver_and_it_resolves_like_the_family(name):
+    from kdyn.models import checkpoints
+
+    extra = ["model.repo=EleutherAI/pythia-160m", "model.step=1000"] if name == "hub" else []
+    node = to_plain(compose_config("train", [f"model={name}", *extra]).model)
+    function = _resolve(node["resolver"])
+    assert function is getattr(checkpoints, f"resolve_{node['family']}")
+    without = {k: v for k, v in node.items() if k != "resolver"}  # the built-in fallback by family
+    assert checkpoints.resolve_checkpoint(node) == checkpoints.resolve_checkpoint(without)
+
+
+def test_a_new_family_is_its_resolver_function_and_one_yaml(tmp_path, monkeypatch):
+    from kdyn.models.checkpoints import CheckpointRef, resolve_checkpoint
+
+    (tmp_path / "my_family.py").write_text(
+        "from kdyn.models.checkpoints import CheckpointRef\n"
+        "def resolve(cfg, name):\n"
+        "    step = int(cfg['step'])\n"
+        "    return CheckpointRef(name=name, family='mine', location=cfg['repo'], revision=f'ckpt-{step:06d}', step=step)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    node = {"name": "m", "family": "mine", "resolver": "my_family.resolve", "repo": "org/m", "step": 42}
+    assert resolve_checkpoint(node) == CheckpointRef(name="m", family="mine", location="org/m",
+                                                     revision="ckpt-000042", step=42)
+
+
+def test_bad_resolver_is_one_line():
+    from kdyn.errors import KdynError
+    from kdyn.models.checkpoints import resolve_checkpoint
+
+    with pytest.raises(KdynError, match=r"model\.resolver=nowhere\.resolve cannot be imported") as info:
+        resolve_checkpoint({"name": "m", "family": "mine", "resolver": "nowhere.resolve"})
+    assert "\n" not in str(info.value)

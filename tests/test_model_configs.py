@@ -25,6 +25,11 @@ OLMO2 = {"olmo2-1b": "allenai/OLMo-2-0425-1B", "olmo2-7b": "allenai/OLMo-2-1124-
 
 
 def expected(stem: str) -> dict:
+    node = _expected(stem)
+    return {**node, "resolver": f"kdyn.models.checkpoints.resolve_{node['family']}"}  # the family's function
+
+
+def _expected(stem: str) -> dict:
     if stem in PYTHIA:
         return {**SCHEMA, "name": stem, "family": "pythia", "repo": PYTHIA[stem], "step": 143000}
     if stem in GPT2:

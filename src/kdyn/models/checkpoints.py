@@ -564,7 +564,7 @@ def _explicit(name: str, family: str, repo: str, revision: str, step: int | None
 # --------------------------------------------------------------------------------------------------
 
 
-def _resolve_pythia(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
+def resolve_pythia(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
     repo_cfg = cfg.get("repo")
     if name not in PYTHIA_MODELS:
         m = re.fullmatch(r"pythia-(14m|31m)-deduped", str(name))
@@ -620,7 +620,7 @@ def _repo_or_pinned(cfg: dict[str, Any], who: str, family: str, default_repo: st
     return repo, (_explicit(who, family, repo, revision) if revision is not None else None)
 
 
-def _resolve_olmo(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
+def resolve_olmo(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
     spec = _olmo_spec(name)
     who = str(name)
     repo, pinned = _repo_or_pinned(cfg, who, "olmo", spec.repo)
@@ -691,7 +691,7 @@ def _olmo2_find(branches: Iterable[str], stage: int, ingredient: int | None, ste
     return None
 
 
-def _resolve_olmo2(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
+def resolve_olmo2(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
     spec = OLMO2_MODELS.get(str(name))
     if spec is None:
         raise KdynError(f"unknown OLMo-2 model {name!r}; valid names are {', '.join(OLMO2_MODELS)}. For another "
@@ -762,7 +762,7 @@ def _resolve_olmo2(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
         "caches the branches")
 
 
-def _resolve_gpt2(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
+def resolve_gpt2(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
     if name not in GPT2_MODELS:
         raise KdynError(f"unknown GPT-2 model {name!r}; valid names are {', '.join(GPT2_MODELS)}")
     who = str(name)
@@ -779,7 +779,7 @@ def _resolve_gpt2(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
     return CheckpointRef(name=who, family="gpt2", location=repo, revision=revision, step=None)
 
 
-def _resolve_local(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
+def resolve_local(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
     who = "model=local" if name in (None, "local") else f"model={name} (local)"
     raw = cfg.get("path")
     if raw is None or (isinstance(raw, str) and not raw.strip()):
@@ -836,7 +836,7 @@ def _resolve_local(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
     return CheckpointRef(name=ref_name, family="local", location=str(path.resolve()), revision=None, step=step)
 
 
-def _resolve_hub(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
+def resolve_hub(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
     who = "model=hub"
     raw = cfg.get("repo")
     if raw is None or (isinstance(raw, str) and not raw.strip()):
@@ -863,25 +863,26 @@ def _resolve_hub(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
     )
 
 
-def _resolve_tiny(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
+def resolve_tiny(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
     """The trajectory's folder and step are found by :func:`kdyn.models.tiny.resolve_tiny` (it may not be built)."""
     return CheckpointRef(name=str(name or "tiny"), family="tiny", location=None, revision=None, step=cfg.get("step"))
 
 
-def _resolve_scratch(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
+def resolve_scratch(cfg: dict[str, Any], name: str | None) -> CheckpointRef:
     """A fresh model (:func:`kdyn.models.scratch.build_scratch`): nothing to find, step 0."""
     return CheckpointRef(name=str(name or "scratch"), family="scratch", location=None, revision=None, step=0)
 
 
+# Fallback for nodes without ``model.resolver`` (every shipped YAML names its family's function).
 _RESOLVERS = {
-    "pythia": _resolve_pythia,
-    "olmo": _resolve_olmo,
-    "olmo2": _resolve_olmo2,
-    "gpt2": _resolve_gpt2,
-    "local": _resolve_local,
-    "hub": _resolve_hub,
-    "tiny": _resolve_tiny,
-    "scratch": _resolve_scratch,
+    "pythia": resolve_pythia,
+    "olmo": resolve_olmo,
+    "olmo2": resolve_olmo2,
+    "gpt2": resolve_gpt2,
+    "local": resolve_local,
+    "hub": resolve_hub,
+    "tiny": resolve_tiny,
+    "scratch": resolve_scratch,
 }
 
 
@@ -899,7 +900,7 @@ def _family_and_name(cfg: dict[str, Any]) -> tuple[str, str | None]:
             "(or choose a shipped config: model=pythia-160m, model=olmo-1b, model=gpt2, model=local, model=hub)"
         )
     family = str(family).strip().lower()
-    if family not in _RESOLVERS:
+    if family not in _RESOLVERS and cfg.get("resolver") is None:
         raise KdynError(f"model.family={family!r} is not a kdyn model family; use one of {', '.join(FAMILIES)}")
     return family, name
 
@@ -922,7 +923,24 @@ def resolve_checkpoint(model_cfg: Mapping[str, Any]) -> CheckpointRef:
     """
     cfg = _as_dict(model_cfg)
     family, name = _family_and_name(cfg)
-    return _RESOLVERS[family](cfg, name)
+    return _resolver(cfg, family)(cfg, name)
+
+
+def _resolver(cfg: dict[str, Any], family: str):
+    """``model.resolver``: the function ``(model node as dict, name) -> CheckpointRef`` named in the
+    family's base YAML (one module + one YAML for a new family); a node without one (a few keys
+    given from Python) falls back to the built-in family's."""
+    path = cfg.get("resolver")
+    if path is None:
+        return _RESOLVERS[family]
+    from hydra.utils import get_method
+
+    try:
+        return get_method(str(path))
+    except Exception as e:  # noqa: BLE001 - a wrong path or a module that fails to import
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise KdynError(f"model.resolver={path} cannot be imported ({reason}); give the full import path of a "
+                        "function (model node, name) -> CheckpointRef, e.g. kdyn.models.checkpoints.resolve_hub") from None
 
 
 def valid_steps(model_cfg: Mapping[str, Any]) -> list[int] | None:

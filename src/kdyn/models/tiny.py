@@ -40,7 +40,8 @@ _FINGERPRINT_KEYS = ("model", "corpus", "data", "optim", "seed", "trainer.max_st
 _NOT_FINGERPRINTED = ("revision_lock",)
 # Keys added to those nodes after trajectories were first fingerprinted: hashed only when they differ
 # from these values (the choice every existing trajectory was built with), so its folder stays valid.
-_FINGERPRINTED_IF_CHANGED = {"optim": {"_target_": "torch.optim.AdamW", "_partial_": True}}
+_FINGERPRINTED_IF_CHANGED = {"optim": {"_target_": "torch.optim.AdamW", "_partial_": True},
+                             "model": {"resolver": "kdyn.models.checkpoints.resolve_scratch"}}
 # Libraries whose versions shape the weights (kernels, initialisation, optimiser) or the tokenizer.
 _SHAPING_LIBRARIES = ("torch", "transformers", "tokenizers", "lightning", "numpy")
 # Modules whose source generates the synthetic world the tokenizer and the model are trained on.
