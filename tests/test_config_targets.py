@@ -78,3 +78,24 @@ def test_bad_resolver_is_one_line():
     with pytest.raises(KdynError, match=r"model\.resolver=nowhere\.resolve cannot be imported") as info:
         resolve_checkpoint({"name": "m", "family": "mine", "resolver": "nowhere.resolve"})
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "corpus").glob("*.yaml")))
+def test_every_corpus_file_names_its_class(name):
+    from kdyn.data.corpora import as_corpus
+    from kdyn.data.sources.base import Corpus
+
+    node = OmegaConf.load(CONF_DIR / "corpus" / f"{name}.yaml")
+    cls = _resolve(node._target_)
+    assert issubclass(cls, Corpus) and type(as_corpus({"name": name, "_target_": node._target_})) is cls
+
+
+def test_pretraining_corpus_gives_rows_not_documents():
+    from kdyn.data.corpora import as_corpus
+    from kdyn.data.pretraining import open_pretraining_rows  # the old import path stays
+    from kdyn.errors import KdynError
+
+    reader = as_corpus(to_plain(compose_config("train", ["corpus=pretraining"]).corpus))
+    assert callable(reader.token_rows) and callable(open_pretraining_rows)
+    with pytest.raises(KdynError, match="already tokenised"):
+        list(reader.documents())

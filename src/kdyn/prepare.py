@@ -21,13 +21,14 @@ from kdyn.utils.entry import check_group_choices
 
 def prepare(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
     """Build (or open) the store of ``cfg``'s corpus and tokenizer; returns what was done."""
+    from kdyn.data.corpora import as_corpus
     from kdyn.data.periods import is_segmented
     from kdyn.data.store import build_store, describe_store
     from kdyn.organism import ensure_model
     from kdyn.train import train
 
     corpus, data = to_plain(cfg.corpus), to_plain(cfg.data)
-    if corpus.get("name") == "pretraining":
+    if callable(getattr(as_corpus(corpus), "token_rows", None)):  # read in place (corpus=pretraining)
         raise KdynError("corpus=pretraining is already tokenised and read in place: there is no store to prepare")
     ensure_model(to_plain(cfg.model), pretrain=train)  # model=tiny: pretrained once, on first use
     tokenizer = _load_tokenizer(to_plain(cfg.model), corpus)

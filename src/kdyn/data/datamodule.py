@@ -318,12 +318,9 @@ class CorpusDataModule(pl.LightningDataModule):
         errors surface early)."""
         if self.rows is not None or self.streaming:
             return
-        if self.corpus.get("name") == "pretraining":  # already-tokenised pretraining data, read in place
-            try:
-                from kdyn.data.pretraining import open_pretraining_rows
-            except ModuleNotFoundError:
-                raise KdynError("corpus=pretraining is not available in this version of kdyn") from None
-            self.rows = open_pretraining_rows(self.corpus, self.data)
+        reader = corpora.as_corpus(self.corpus)
+        if callable(getattr(reader, "token_rows", None)):  # already tokenised, read in place (corpus=pretraining)
+            self.rows = reader.token_rows(self.data)
         elif self.store_enabled:
             self._rows_from_store()
         else:
