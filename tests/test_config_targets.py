@@ -99,3 +99,27 @@ def test_pretraining_corpus_gives_rows_not_documents():
     assert callable(reader.token_rows) and callable(open_pretraining_rows)
     with pytest.raises(KdynError, match="already tokenised"):
         list(reader.documents())
+
+
+@pytest.mark.parametrize("name", ["synthetic", "fictional_knowledge"])
+def test_inject_source_reader_follows_its_name(name):
+    from kdyn.data import knowledge
+
+    node = to_plain(compose_config("train", [f"inject.source.name={name}"]).inject.source)
+    assert _resolve(node["reader"]) is getattr(knowledge, f"{name}_records")
+
+
+def test_inject_source_reader_reads_like_the_name_fallback_and_can_be_ones_own(tmp_path, monkeypatch):
+    from kdyn.data.knowledge import knowledge_records
+    from kdyn.errors import KdynError
+
+    node = to_plain(compose_config("train", ["inject.source.num_items=3"]).inject.source)
+    by_reader = knowledge_records(node)
+    assert by_reader == knowledge_records({k: v for k, v in node.items() if k != "reader"})
+    assert [r["item"] for r in by_reader] == [0, 1, 2]
+    (tmp_path / "my_source.py").write_text("def read(node, key):\n    return [{'item': 7, 'n': node['n']}]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert knowledge_records({"reader": "my_source.read", "n": 5}) == [{"item": 7, "n": 5}]
+    with pytest.raises(KdynError, match=r"inject\.source\.reader=my_source\.nope cannot be imported") as info:
+        knowledge_records({"reader": "my_source.nope"})
+    assert "\n" not in str(info.value)

@@ -100,35 +100,59 @@ def _load_from_hub(hub_dataset: str, key: str) -> list[dict]:
 def knowledge_records(source: Mapping[str, Any], key: str = "inject.source") -> list[dict]:
     """The records chosen by the ``inject.source`` node, in order, each with ``"item"`` (its source index).
 
-    ``{name: synthetic, num_items, seed (0), world ({})}`` or
-    ``{name: fictional_knowledge, path (None: hub), hub_dataset, items ([0, 120])}``. ``key`` names the
-    node in messages (``corpus`` when a corpus reads these records, ``trace.knowledge_source`` in kdyn-trace).
+    ``source.reader`` names the reader, a function ``(node, key) -> records`` (not ``_target_``: the
+    node is nested into callback configs that Hydra instantiates recursively): in
+    ``conf/train.yaml`` it is ``kdyn.data.knowledge.<name>_records`` by interpolation, so
+    ``inject.source.name=synthetic|fictional_knowledge`` stays the spelling; a node without one (the
+    corpus and kdyn-trace nodes, a dict from Python) is read by its ``name``. ``{name: synthetic,
+    num_items, seed (0), world ({})}`` or ``{name: fictional_knowledge, path (None: hub), hub_dataset,
+    items ([0, 120])}``. ``key`` names the node in messages (``corpus`` when a corpus reads these
+    records, ``trace.knowledge_source`` in kdyn-trace).
     """
-    name = source.get("name")
-    if name not in _SOURCE_KEYS:
-        raise KdynError(f"unknown {key}.name {name!r}; choose one of {', '.join(_SOURCE_KEYS)}")
-    # One config node serves every source, so keys of the other sources are allowed (and ignored).
-    unknown = sorted(set(source) - set().union(*_SOURCE_KEYS.values()))
-    if unknown:
-        raise KdynError(f"unknown {key} keys {unknown}; valid keys are "
-                        f"{sorted(set().union(*_SOURCE_KEYS.values()))}")
-    if name == "synthetic":
-        records = _synthetic_records(source, key)
-        start = 0
-    else:
-        records = load_fictional_knowledge(source.get("path"), source.get("hub_dataset") or DEFAULT_HUB_DATASET,
-                                           key=key)
-        start, stop = _item_range(source.get("items"), len(records), key)
-        records = records[start:stop]
-    return [{**rec, "item": start + i} for i, rec in enumerate(records)]
+    target = source.get("reader")
+    if not target:
+        name = source.get("name")
+        if name not in _SOURCE_KEYS:
+            raise KdynError(f"unknown {key}.name {name!r}; choose one of {', '.join(_SOURCE_KEYS)}")
+        target = f"{__name__}.{name}_records"
+    if target in _BUILTIN_READERS:
+        # One config node serves every built-in source, so keys of the other sources are allowed (and ignored).
+        unknown = sorted(set(source) - set().union(*_SOURCE_KEYS.values()) - {"reader"})
+        if unknown:
+            raise KdynError(f"unknown {key} keys {unknown}; valid keys are "
+                            f"{sorted(set().union(*_SOURCE_KEYS.values()))}")
+    return _reader(target, key)(source, key)
 
 
-def _synthetic_records(source: Mapping[str, Any], key: str) -> list[dict]:
+def synthetic_records(source: Mapping[str, Any], key: str = "inject.source") -> list[dict]:
+    """``inject.source.name=synthetic``: ``num_items`` new entities of the embedded world (items 0, 1, …)."""
     num_items = source.get("num_items")
     if isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 1:
         raise KdynError(f"{key}.num_items must be a positive integer, got {num_items!r}")
     config = world_config(source.get("world"), key=f"{key}.world")
-    return SyntheticWorld(config).new_knowledge(num_items, seed=int(source.get("seed") or 0))
+    records = SyntheticWorld(config).new_knowledge(num_items, seed=int(source.get("seed") or 0))
+    return [{**rec, "item": i} for i, rec in enumerate(records)]
+
+
+def fictional_knowledge_records(source: Mapping[str, Any], key: str = "inject.source") -> list[dict]:
+    """``inject.source.name=fictional_knowledge``: Chang et al.'s items ``[start, stop)`` (numbered as in the dataset)."""
+    records = load_fictional_knowledge(source.get("path"), source.get("hub_dataset") or DEFAULT_HUB_DATASET, key=key)
+    start, stop = _item_range(source.get("items"), len(records), key)
+    return [{**rec, "item": start + i} for i, rec in enumerate(records[start:stop])]
+
+
+_BUILTIN_READERS = tuple(f"{__name__}.{name}_records" for name in _SOURCE_KEYS)
+
+
+def _reader(target: str, key: str):
+    from hydra.utils import get_method
+
+    try:
+        return get_method(str(target))
+    except Exception as e:  # noqa: BLE001 - a wrong path or a module that fails to import
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise KdynError(f"{key}.reader={target} cannot be imported ({reason}); {key}.name is one of "
+                        f"{', '.join(_SOURCE_KEYS)}, or {key}.reader names a function (node, key) -> records") from None
 
 
 def _item_range(items: Any, n_records: int, key: str) -> tuple[int, int]:
