@@ -105,6 +105,25 @@ def test_resume_false_then_a_plain_rerun_resumes_the_new_run(saved_models, corpu
         train(compose_cfg("train", _args(saved_models, corpus_jsonl), run))
 
 
+def test_a_run_recorded_before_the_selector_keys_still_resumes(saved_models, corpus_jsonl, tmp_path):
+    from kdyn.run import RUN_CONFIG
+
+    run = tmp_path / "run"
+    first = train(compose_cfg("train", _args(saved_models, corpus_jsonl), run))
+    record = next(run.rglob(RUN_CONFIG))
+    before = json.loads(record.read_text())
+    older = {k: v for k, v in before.items() if k.rsplit(".", 1)[-1] not in ("_target_", "_partial_", "resolver", "reader")
+             or k.startswith(("trainer.", "logger."))}  # what a run recorded before issue 13 holds
+    assert {"optim._target_", "intervention._target_", "model.resolver", "inject.source.reader"} <= set(before) - set(older)
+    record.write_text(json.dumps(older))
+    again = train(compose_cfg("train", _args(saved_models, corpus_jsonl), run))
+    assert again["steps_this_session"] == 0 and again["final_loss"] == first["final_loss"]
+    # a real change is still refused
+    record.write_text(json.dumps({**older, "optim.lr": 0.5}))
+    with pytest.raises(KdynError, match=r"different configuration \(optim.lr: 0.5 → "):
+        train(compose_cfg("train", _args(saved_models, corpus_jsonl), run))
+
+
 def test_a_truncated_checkpoint_is_one_line_and_resume_false_starts_over(saved_models, corpus_jsonl, tmp_path):
     run = tmp_path / "run"
     args = _args(saved_models, corpus_jsonl)

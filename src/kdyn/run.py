@@ -180,6 +180,10 @@ _VOLATILE = ("paths", "hydra", "run_id", "sweep_id", "skip_completed", "resume",
              "trainer.enable_progress_bar", "callbacks.progress", "callbacks.checkpoint.every_n_train_steps",
              "data.store")  # the store serves the same rows as in-memory packing, wherever it lives
 RUN_CONFIG = "run_config.json"
+# Keys that name the object a node chooses, added to the shipped configs (issue 13) after some runs were
+# recorded: absent from an older run's record, they are no change (its objects were the same).
+ADDED_SELECTOR_KEYS = ("_target_", "_partial_", "resolver", "reader")
+SHOWN_CHANGES = 8
 
 
 def comparable_config(cfg: DictConfig) -> dict[str, Any]:
@@ -217,11 +221,12 @@ def resume_path(cfg: DictConfig) -> str | None:
 
         before = json.loads(recorded.read_text())
         now = json.loads(json.dumps(comparable_config(cfg), default=str))
-        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)
+                         and not (k not in before and k.rsplit(".", 1)[-1] in ADDED_SELECTOR_KEYS))
         if changed:
-            shown = ", ".join(f"{k}: {before.get(k)!r} → {now.get(k)!r}" for k in changed[:5])
+            shown = ", ".join(f"{k}: {before.get(k)!r} → {now.get(k)!r}" for k in changed[:SHOWN_CHANGES])
             raise KdynError(f"{cfg.paths.output_dir} holds a checkpoint of a different configuration ({shown}"
-                            f"{' …' if len(changed) > 5 else ''}); use another run_id / run folder, or resume=false "
+                            f"{' …' if len(changed) > SHOWN_CHANGES else ''}); use another run_id / run folder, or resume=false "
                             "to start over in this folder")
     return str(last)
 
