@@ -190,8 +190,8 @@ def test_fictional_knowledge_builds_new_entities():
     (["trace.sets=[new_entities,fresh]"], "unknown diagnostic set"),
     (["trace.sets=[updated]", "trace.twiki.path=/nonexistent/twiki"], "is not a folder"),
     (["trace.sets=[updated]", "trace.twiki.period=p0"], "not a synthetic period"),
-    (["trace.granularity=head"], "unknown trace.granularity"),
-    (["trace.norm=l1"], "unknown trace.norm"),
+    (["trace.granularity=head"], "trace.granularity='head': must be one of block, attn_mlp"),
+    (["trace.norm=l1"], "trace.norm='l1': must be one of l2, l2_per_sqrt_numel"),
 ])
 def test_bad_input_fails_with_one_line(overrides, message, compose_train, saved_models):
     from kdyn.trace import trace_checkpoint

@@ -120,6 +120,14 @@ def test_knowledge_sources_agree_with_the_reader():
     assert tuple(KNOWLEDGE_SOURCES) == tuple(_SOURCE_KEYS)
 
 
+def test_trace_choices_agree_with_the_tracer():
+    from kdyn.metrics.grad_norms import NORMS
+    from kdyn.trace import GRANULARITIES
+    from kdyn.validation import TRACE_GRANULARITIES, TRACE_NORMS
+
+    assert (tuple(TRACE_GRANULARITIES), tuple(TRACE_NORMS)) == (tuple(GRANULARITIES), tuple(NORMS))
+
+
 def _yaml_keys(path: Path) -> list[str]:
     """Top-level keys of one YAML file, read here independently of kdyn (defaults list left out)."""
     from omegaconf import OmegaConf

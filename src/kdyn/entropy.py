@@ -57,9 +57,9 @@ def measure_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict
     if settings.get("pack"):
         batches = packed_batches(documents, loaded.tokenizer, **common)
     else:
-        batches = document_batches(documents, loaded.tokenizer, sort_by_length=bool(settings.get("sort_by_length", True)),
+        batches = document_batches(documents, loaded.tokenizer, sort_by_length=bool(settings["sort_by_length"]),
                                    **common)
-    device = pick_device(settings.get("device", "auto"), "entropy.device")
+    device = pick_device(settings["device"], "entropy.device")
     model = loaded.model.to(device)
 
     state.started = True
@@ -87,7 +87,7 @@ def measure_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict
         "seconds": round(seconds, 3),
         "tokens_per_s": round(int(result["tokens"]) / max(seconds, 1e-9), 1),
     }
-    if settings.get("save_coefficients", True):
+    if settings["save_coefficients"]:
         save_coefficients(out / COEFFICIENTS_FILE, metric, record)
         record["coefficients_file"] = COEFFICIENTS_FILE
     atomic_write_json(out / "entropy.json", record)

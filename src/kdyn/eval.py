@@ -25,7 +25,6 @@ from kdyn.validation import validate_config
 
 def evaluate(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]:
     from kdyn.callbacks.probes import COLUMNS
-    from kdyn.data.probes import BATCH_OVERHEAD_TOKENS
     from kdyn.metrics.probe_scoring import ProbeSet
     from kdyn.models.loading import context_length, load_model
     from kdyn.models.provenance import model_record
@@ -44,9 +43,9 @@ def evaluate(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]
         to_plain(cfg.knowledge.source), to_plain(cfg.knowledge.scenarios), int(cfg.knowledge.num_events),
         loaded.tokenizer, types=settings["types"], include_paragraph=bool(settings.get("include_paragraph")),
         max_len=limit, batch_tokens=int(settings["batch_tokens"]),
-        batch_overhead_tokens=int(settings.get("batch_overhead_tokens", BATCH_OVERHEAD_TOKENS)))
+        batch_overhead_tokens=int(settings["batch_overhead_tokens"]))
     probes, items = probe_set.probes, probe_set.items
-    device = pick_device(settings.get("device", "auto"), "probes.device")
+    device = pick_device(settings["device"], "probes.device")
 
     state.started = True
     start = time.perf_counter()

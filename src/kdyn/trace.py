@@ -42,7 +42,7 @@ def trace_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict[s
     """Trace the checkpoint described by a composed ``trace`` config; returns layer_stats.json."""
     from kdyn.data.diagnostics import diagnostic_clozes, subsample, tokenize_clozes
     from kdyn.interventions.layer_selection import model_architecture
-    from kdyn.metrics.grad_norms import NORMS, trace_layer_norms
+    from kdyn.metrics.grad_norms import trace_layer_norms
     from kdyn.models.ffn import locate_ffn, parameter_groups_by_layer
     from kdyn.models.loading import load_model
     from kdyn.models.provenance import model_record
@@ -51,12 +51,7 @@ def trace_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict[s
 
     validate_config(cfg, "trace")
     state = state or RunStarted()
-    settings = to_plain(cfg.trace)
-    if settings.get("granularity") not in GRANULARITIES:
-        raise KdynError(f"unknown trace.granularity {settings.get('granularity')!r}; choose one of "
-                        f"{', '.join(GRANULARITIES)}")
-    if settings.get("norm") not in NORMS:
-        raise KdynError(f"unknown trace.norm {settings.get('norm')!r}; choose one of {', '.join(NORMS)}")
+    settings = to_plain(cfg.trace)  # granularity and norm: checked by validate_config (kdyn.validation.Trace)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     clozes = diagnostic_clozes(settings)  # bad set names, missing files: fail before loading weights
@@ -76,7 +71,7 @@ def trace_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict[s
     seed = int(settings.get("seed") or 0)
     sets = {name: tokenize_clozes(subsample(items, settings.get("max_examples"), seed, name), loaded.tokenizer, max_len)
             for name, (items, _) in clozes.items()}
-    device = pick_device(settings.get("device", "auto"), "trace.device")
+    device = pick_device(settings["device"], "trace.device")
     model = loaded.model.to(device)
 
     state.started = True
@@ -104,7 +99,7 @@ def trace_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict[s
     _check_finite(record)
     out = Path(cfg.paths.output_dir)
     atomic_write_json(out / STATS_FILE, record)
-    if settings.get("plot", True):
+    if settings["plot"]:
         plot_layer_stats(record, out / PLOT_FILE)
     print_layer_stats(record, out)
     return record

@@ -33,6 +33,8 @@ from kdyn.errors import KdynError
 TASKS = ("train", "entropy", "eval", "trace")
 SCHEDULES = ("cosine", "linear", "constant")  # kdyn.module.SCHEDULES (checked equal in the tests)
 KNOWLEDGE_SOURCES = ("synthetic", "fictional_knowledge")  # kdyn.data.knowledge's (checked equal in the tests)
+TRACE_GRANULARITIES = ("block", "attn_mlp")  # kdyn.trace.GRANULARITIES (checked equal in the tests)
+TRACE_NORMS = ("l2", "l2_per_sqrt_numel")  # kdyn.metrics.grad_norms.NORMS (checked equal in the tests)
 DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
 
 
@@ -152,9 +154,9 @@ class Probes:
 
 @dataclass
 class Trace:
-    sets: list[str] = spec()  # names, granularity and norm are checked where they are defined (trace.py)
-    granularity: str = spec()
-    norm: str = spec()
+    sets: list[str] = spec()  # set names are checked where they are defined (kdyn.data.diagnostics)
+    granularity: str = spec(choices=TRACE_GRANULARITIES)
+    norm: str = spec(choices=TRACE_NORMS)
     max_examples: int = spec(min=1)
     max_len: int = spec(min=2)
     seed: int = spec(min=0)
