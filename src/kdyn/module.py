@@ -93,11 +93,14 @@ def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask
 
 
 class CausalLMModule(pl.LightningModule):
-    """Wraps a loaded HF causal LM; ``optim`` is the plain-dict ``optim`` config node."""
+    """Wraps a loaded HF causal LM; ``optim`` is the plain-dict ``optim`` config node; ``tokenizer`` is
+    the model's (callbacks that score probes read ``pl_module.tokenizer``)."""
 
-    def __init__(self, model: nn.Module, optim: Mapping[str, Any], run_info: Mapping[str, Any] | None = None):
+    def __init__(self, model: nn.Module, optim: Mapping[str, Any], run_info: Mapping[str, Any] | None = None,
+                 tokenizer: Any = None):
         super().__init__()
         self.model = model.train()  # from_pretrained returns eval mode; training uses dropout if the model has any
+        self.tokenizer = tokenizer
         self.optim = optim_config(optim)
         if self.optim["scheduler"] not in SCHEDULES:
             raise KdynError(f"unknown optim.scheduler {self.optim['scheduler']!r}; choose one of {', '.join(SCHEDULES)}")

@@ -64,8 +64,8 @@ def train(cfg: DictConfig, state: RunStarted | None = None, extra_callbacks: lis
                                   vocab_size=loaded.model.get_input_embeddings().num_embeddings)
     datamodule.prepare_rows()
     groups = chosen_groups(cfg)
-    module = CausalLMModule(loaded.model, to_plain(cfg.optim), run_info={"groups": groups, "model": loaded.ref.describe()})
-    module.tokenizer = loaded.tokenizer
+    module = CausalLMModule(loaded.model, to_plain(cfg.optim), run_info={"groups": groups, "model": loaded.ref.describe()},
+                            tokenizer=loaded.tokenizer)
     intervention, intervention_record = apply_intervention(cfg, loaded, module, out)
     summary = RunSummary()
     callbacks = [summary, *run.build_callbacks(cfg, loaded), *intervention.callbacks(), *(extra_callbacks or [])]
