@@ -84,6 +84,23 @@ def test_runs_differing_only_in_seed_keys_are_pooled_and_others_never():
             assert condition_key(g.runs[0]) != condition_key(h.runs[0])
 
 
+def test_labels_name_only_what_differs_within_a_task():
+    """A report over a train sweep and an entropy sweep labels each condition by the keys that differ
+    between conditions of its own task (not by every key the other task lacks), prefixed by the task."""
+    trains = [_run("t0", seed=0, loss=1.0), _run("t1", seed=1, loss=1.1), _run("t2", seed=0, lr=1e-3, loss=2.0)]
+    entropies = []
+    for step in (25, 1200):
+        for organism in (None, 1):
+            run = _run(f"e{step}-{organism}", loss=0.0, model__pretrain_seed=organism, model__step=step)
+            run.config = {"task_name": "entropy", "model": run.config["model"], "entropy": {"batch_size": 16}}
+            run.kind = "entropy"
+            entropies.append(run)
+    groups = seed_groups(trains + entropies)
+    assert [g.label for g in groups] == ["train: optim.lr=0.0003", "train: optim.lr=0.001",
+                                         "entropy: model.step=25", "entropy: model.step=1200"]
+    assert [g.n_seeds for g in groups] == [2, 1, 2, 2]
+
+
 def test_random_configs_are_never_pooled_across_non_seed_differences():
     rng = random.Random(7)
     runs = [_run(f"r{i}", seed=rng.randint(0, 3), lr=rng.choice([1e-4, 3e-4]), source_seed=rng.randint(0, 2),

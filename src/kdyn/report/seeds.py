@@ -201,12 +201,23 @@ def seed_groups(runs: Sequence[Run], ignore: Sequence[str] = ()) -> list[SeedGro
             groups[key] = SeedGroup(key, "")
             items[key] = condition_items(run, ignore)
         groups[key].runs.append(run)
-    varying = sorted({k for it in items.values() for k in it
-                      if len({json.dumps(i.get(k), sort_keys=True, default=str) for i in items.values()}) > 1})
+    # Label each condition by the keys that differ between the conditions of the same task (kdyn-train
+    # runs against kdyn-train runs, kdyn-entropy against kdyn-entropy), naming the task when there are several.
+    by_task: dict[str, list[str]] = {}
     for key, group in groups.items():
-        parts = [f"{k}={_short_value(items[key].get(k))}" for k in varying]
-        group.label = " ".join(parts) if parts else "all runs"
+        by_task.setdefault(_task_of(group.runs[0]), []).append(key)
+    for task, keys in by_task.items():
+        varying = sorted({k for key in keys for k in items[key]
+                          if len({json.dumps(items[o].get(k), sort_keys=True, default=str) for o in keys}) > 1})
+        for key in keys:
+            parts = [f"{k}={_short_value(items[key].get(k))}" for k in varying if k in items[key]]
+            label = " ".join(parts) if parts else "all runs"
+            groups[key].label = f"{task}: {label}" if len(by_task) > 1 else label
     return list(groups.values())
+
+
+def _task_of(run: Run) -> str:
+    return str(run.config.get("task_name") or run.kind or "run")
 
 
 def _short_value(value: Any) -> str:
