@@ -257,6 +257,20 @@ def test_token_ids_outside_the_vocabulary_fail_with_the_file_and_position(tmp_pa
         open_pretraining_rows(corpus(prefix), data(), vocab_size=512).check_vocabulary(512)
 
 
+def test_the_datamodule_checks_token_ids_of_pretraining_files_before_training(tmp_path):
+    """The one vocabulary check of the data module also covers files read in place: an id in the first rows
+    fails at prepare_rows (before any run folder holds anything), later ones when their batch is served."""
+    from kdyn.data.datamodule import CorpusDataModule
+
+    instances = np.zeros((12, SEQ + 1), dtype=np.uint16)
+    instances[1, 3] = 700
+    prefix = write_megatron(tmp_path / "document", list(instances))
+    node = {**corpus(prefix), "_target_": "kdyn.data.sources.pretraining.PretrainingCorpus", "name": "pretraining"}
+    with pytest.raises(KdynError, match=r"token id 700 in instance 1 .* vocabulary of 512"):
+        CorpusDataModule(node, data(), tokenizer=None, vocab_size=512).prepare_rows()
+    CorpusDataModule(node, data(), tokenizer=None, vocab_size=701).prepare_rows()  # a model that has the id
+
+
 # ----------------------------------------------------------------------------------- kdyn-train end to end
 def test_kdyn_train_continues_from_start_step_on_its_own_data(tmp_path, saved_models, compose_train, tokenizer):
     from lightning.pytorch.callbacks import Callback

@@ -28,8 +28,7 @@ def fit_stream(cfg: DictConfig, trainer: Any, datamodule: Any, loaded: Any):
     """Fit ``datamodule``'s stream to ``trainer``; returns the injection plan (None: no injection)."""
     _set_run_length(trainer, datamodule)
     plan = _injection_plan(cfg, loaded.tokenizer, trainer, datamodule)
-    if hasattr(datamodule.rows, "check_vocabulary"):  # corpus=pretraining: token ids read from files
-        datamodule.rows.check_vocabulary(loaded.model.get_input_embeddings().num_embeddings)
+    if hasattr(datamodule.rows, "note_global_batch"):  # corpus=pretraining (token ids checked by the datamodule)
         per_step = int(cfg.data.batch_size) * trainer.world_size * trainer.accumulate_grad_batches
         datamodule.rows.note_global_batch(per_step)
         if datamodule.rows.label_token:  # the last transform: injection writes into the whole rows first

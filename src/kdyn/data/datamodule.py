@@ -368,6 +368,9 @@ class CorpusDataModule(pl.LightningDataModule):
             return
         tables = [rows for _, rows in self.segment_rows] if self.segment_rows else [self.rows]
         for table in tables:
+            if callable(getattr(table, "check_vocabulary", None)):  # files read in place: checked as they are served
+                table.check_vocabulary(int(self.vocab_size))
+                continue
             largest = getattr(table, "max_token_id", None)
             if largest is None and isinstance(table, TensorRows):
                 largest = int(table.tensor.max())
