@@ -248,6 +248,25 @@ def _is_seed_echo(metric: str) -> bool:
     return metric.split(".", 1)[-1] in ("seed",)
 
 
+#: The interval columns of every ``*_seeds.csv`` (one row per condition and measured quantity).
+INTERVAL_COLUMNS = ["n_seeds", "mean", "std", "ci95_low", "ci95_high", "ci95_half_width", "few_seeds"]
+
+
+def interval_columns(iv: Interval) -> dict[str, Any]:
+    """``iv`` as the :data:`INTERVAL_COLUMNS` of a ``*_seeds.csv`` row (``few_seeds``: fewer than MIN_SEEDS)."""
+    return {"n_seeds": iv.n, "mean": iv.mean, "std": iv.std, "ci95_low": iv.low, "ci95_high": iv.high,
+            "ci95_half_width": iv.half_width, "few_seeds": iv.n < MIN_SEEDS}
+
+
+def seeds_note(counts: Sequence[int]) -> str:
+    """``n=3``, ``n=2–3`` (seeds per point vary), with ``, <3 seeds`` when any point has fewer than MIN_SEEDS."""
+    ns = sorted({int(n) for n in counts if n})
+    if not ns:
+        return "n=0"
+    text = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
+    return text + (f", <{MIN_SEEDS} seeds" if ns[0] < MIN_SEEDS else "")
+
+
 def seed_summary(groups: Sequence[SeedGroup]) -> list[dict[str, Any]]:
     """One row per (condition, metric): n_seeds, mean, std, the 95% t-interval, and the flags."""
     from kdyn.report.table import summary_row
@@ -267,9 +286,7 @@ def seed_summary(groups: Sequence[SeedGroup]) -> list[dict[str, Any]]:
             if not values:
                 continue
             iv = t_interval(values)
-            rows.append({"condition": group.label, "metric": metric, "n_seeds": iv.n, "mean": iv.mean, "std": iv.std,
-                         "ci95_low": iv.low, "ci95_high": iv.high, "ci95_half_width": iv.half_width,
-                         "few_seeds": iv.n < MIN_SEEDS, "identical_seeds": identical,
+            rows.append({"condition": group.label, "metric": metric, **interval_columns(iv), "identical_seeds": identical,
                          "seeds": json.dumps([seed_values(r) for r in group.runs], default=str)})
     return rows
 

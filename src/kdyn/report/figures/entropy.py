@@ -12,10 +12,16 @@
   in the run's colour —, then per-layer panels per run) and ``entropy_during_training.csv`` (tidy:
   run, label, metric, step, layer, entropy, run_dir).
 
-Several runs of one model at one step (e.g. seeds) are drawn as their mean, with each run as a dot
-and the 95% Student-t interval of the mean as a band; steps whose weights are identical to another
-step's (same ``model.weights_sha256``) are marked with a red ×. Training curves of runs that differ
-only in seed keys are drawn as their mean with a band.
+Seeds (`kdyn.report.seeds`): measurements whose configs differ only in seed keys (and, for
+checkpoints, the step) are one *condition*; runs that differ in any other key are never pooled. Every
+line — the totals and the per-layer panels, one panel per condition — is the mean over the condition's
+seeds with the 95% Student-t interval of the mean as a band (each seed's total as a dot), and names
+the number of seeds (``n=3``; ``<3 seeds`` when fewer). The pooled numbers are written to
+``knowledge_entropy_seeds.csv`` (condition, model, corpus, step, layer — ``total`` last —, n_seeds,
+mean, std, ci95_low/high, ci95_half_width, few_seeds, seeds, run_dirs) and
+``entropy_during_training_seeds.csv`` (condition, metric, layer, step, the same interval columns).
+Steps whose weights are identical to another step's (same ``model.weights_sha256``) are marked with
+a red ×.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any
 
 from kdyn.report.collect import Run
 from kdyn.report.figures import grid, new_figure, save_figure, unique_labels
+from kdyn.report.seeds import seeds_note
 from kdyn.report.table import csv_text
 from kdyn.utils.io import atomic_write_text
 
@@ -115,7 +122,7 @@ def _mean_by_step(pairs: Sequence[tuple[float, float]]) -> tuple[list[float], li
     return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], any(len(v) > 1 for v in by_step.values())
 
 
-def _band(ax, pairs: Sequence[tuple[float, float]], color) -> None:
+def _band(ax, pairs: Sequence[tuple[float, float]], color, alpha: float = 0.2) -> None:
     """Shade the 95% Student-t interval of the mean at each step measured more than once (seeds)."""
     from kdyn.report.seeds import t_interval
 
@@ -124,7 +131,7 @@ def _band(ax, pairs: Sequence[tuple[float, float]], color) -> None:
         by_step.setdefault(s, []).append(v)
     band = [(s, iv.low, iv.high) for s in sorted(by_step) for iv in [t_interval(by_step[s])] if iv.low is not None]
     if band:
-        ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band], color=color, alpha=0.2,
+        ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band], color=color, alpha=alpha,
                         lw=0)
 
 
@@ -154,6 +161,91 @@ def _layer_legend_or_colorbar(fig, ax, n_layers: int) -> None:
     fig.colorbar(sm, ax=ax, label="layer (depth)")
 
 
+#: Keys that are the x axis of the checkpoint figures, not a condition (model.revision follows the step).
+STEP_KEYS = ("model.step", "model.revision")
+
+
+@dataclass
+class EntropySeries:
+    """One condition of ``kdyn-entropy`` runs across checkpoint steps: same model, corpus and config up to the
+    step and the seed keys; at each step, its seeds."""
+
+    label: str
+    model: str
+    corpus: str
+    points: list[EntropyPoint]
+
+    def by_step(self) -> dict[Any, list[EntropyPoint]]:
+        out: dict[Any, list[EntropyPoint]] = {}
+        for p in sorted(self.points, key=lambda p: (_sort_step(p.step), str(p.run.path))):
+            out.setdefault(p.step, []).append(p)
+        return out
+
+    def seed_counts(self) -> list[int]:
+        """The number of measurements (seeds) at each step."""
+        return [len(pts) for pts in self.by_step().values()]
+
+
+def entropy_series(points: Sequence[EntropyPoint]) -> list[EntropySeries]:
+    """``points`` as conditions × steps × seeds (first-seen order).
+
+    Two measurements are seeds of one condition when their configs differ only in seed keys,
+    bookkeeping and the step (`kdyn.report.seeds.seed_groups` with :data:`STEP_KEYS` ignored) and they
+    measured the same model name on the same corpus; runs that differ in any other key are never pooled.
+    Labels: ``model`` (``· corpus`` when several corpora), plus the condition when one model has several.
+    """
+    from kdyn.report.seeds import group_of, seed_groups
+
+    conditions = group_of(seed_groups([p.run for p in points], ignore=STEP_KEYS))
+    several_corpora = len({p.corpus for p in points}) > 1
+    found: dict[tuple[str, str, str], list[EntropyPoint]] = {}
+    labels: dict[str, str] = {}
+    for p in points:
+        group = conditions.get(id(p.run))
+        key = group.key if group is not None else f"run:{p.run.path}"  # a run seed_groups skipped stands alone
+        labels[key] = group.label if group is not None else p.run.name or p.run.path.name
+        found.setdefault((p.model, p.corpus, key), []).append(p)
+    per_name: dict[tuple[str, str], int] = {}
+    for model, corpus, _ in found:
+        per_name[(model, corpus)] = per_name.get((model, corpus), 0) + 1
+    out = []
+    for (model, corpus, key), pts in found.items():
+        label = f"{model} · {corpus}" if several_corpora else model
+        if per_name[(model, corpus)] > 1:
+            label += f" [{labels[key]}]"
+        out.append(EntropySeries(label, model, corpus, pts))
+    return out
+
+
+ENTROPY_SEED_COLUMNS = ["condition", "model", "corpus", "step", "layer", "n_seeds", "mean", "std", "ci95_low",
+                        "ci95_high", "ci95_half_width", "few_seeds", "seeds", "run_dirs"]
+
+
+def entropy_seed_rows(series: Sequence[EntropySeries]) -> list[dict[str, Any]]:
+    """Rows of ``knowledge_entropy_seeds.csv``: per condition, step and layer (``total`` last), the mean
+    entropy over the seeds with its 95% Student-t interval (`kdyn.report.seeds.t_interval`)."""
+    from kdyn.report.seeds import interval_columns, seed_values, t_interval
+
+    rows = []
+    for s in series:
+        for step, pts in s.by_step().items():
+            n_layers = max((len(p.per_layer) for p in pts), default=0)
+            common = {"condition": s.label, "model": s.model, "corpus": s.corpus, "step": step,
+                      "seeds": [seed_values(p.run) for p in pts], "run_dirs": [str(p.run.path) for p in pts]}
+            for i in range(n_layers):
+                iv = t_interval([p.per_layer[i] for p in pts if i < len(p.per_layer)])
+                rows.append({**common, "layer": i, **interval_columns(iv)})
+            rows.append({**common, "layer": "total", **interval_columns(t_interval([p.total for p in pts]))})
+    return rows
+
+
+def _per_step_note(counts: Sequence[int]) -> str:
+    from kdyn.report.seeds import seeds_note
+
+    note = seeds_note(counts)
+    return f"{note} per step; band: 95% t-interval" if max(counts, default=0) > 1 else f"{note} per step"
+
+
 def knowledge_entropy(runs: Sequence[Run], out_dir: str | Path, *, fmt: str = "png") -> list[Path]:
     """``knowledge_entropy.csv`` and ``.<fmt>`` from the runs' ``entropy.json``; ``[]`` when none has one."""
     points = entropy_points(runs)
@@ -162,7 +254,9 @@ def knowledge_entropy(runs: Sequence[Run], out_dir: str | Path, *, fmt: str = "p
     out_dir = Path(out_dir)
     written = [atomic_write_text(out_dir / "knowledge_entropy.csv",
                                  csv_text(tidy_rows(points), ["model", "corpus", "step", "layer", "entropy", "max",
-                                                               "run_dir"]))]
+                                                               "run_dir"])),
+               atomic_write_text(out_dir / "knowledge_entropy_seeds.csv",
+                                 csv_text(entropy_seed_rows(entropy_series(points)), ENTROPY_SEED_COLUMNS))]
     plotted = [p for p in points if p.step is not None]
     if not plotted:
         return written
@@ -170,11 +264,8 @@ def knowledge_entropy(runs: Sequence[Run], out_dir: str | Path, *, fmt: str = "p
     from kdyn.report.integrity import duplicate_steps
 
     duplicates = duplicate_steps([p.run for p in plotted])
-    several_corpora = len({p.corpus for p in plotted}) > 1
-    series: dict[tuple[str, str], list[EntropyPoint]] = {}
-    for p in plotted:
-        series.setdefault((p.model, p.corpus if several_corpora else ""), []).append(p)
-    layered = [(key, pts) for key, pts in series.items() if any(p.per_layer for p in pts)][:MAX_LAYER_PANELS]
+    series = entropy_series(plotted)
+    layered = [s for s in series if any(p.per_layer for p in s.points)][:MAX_LAYER_PANELS]
     nrows, ncols = grid(1 + len(layered))
     fig, axes = new_figure(nrows, ncols)
     for ax in axes[1 + len(layered):]:
@@ -184,8 +275,9 @@ def knowledge_entropy(runs: Sequence[Run], out_dir: str | Path, *, fmt: str = "p
     ax = axes[0]
     all_steps = [float(p.step) for p in plotted]  # type: ignore[arg-type]
     colors = [f"C{i % 10}" for i in range(len(series))]
-    for color, ((model, corpus), pts) in zip(colors, series.items()):
-        label = f"{model} · {corpus}" if corpus else model
+    for color, s in zip(colors, series):
+        pts = s.points
+        label = f"{s.label} ({seeds_note(s.seed_counts())})"
         steps, means, repeated = _mean_by_step([(float(p.step), p.total) for p in pts])  # type: ignore[arg-type]
         ax.plot(steps, means, marker="o", ms=4, color=color, label=label)
         if repeated:
@@ -198,7 +290,7 @@ def knowledge_entropy(runs: Sequence[Run], out_dir: str | Path, *, fmt: str = "p
         maxima = sorted({p.max_total for p in pts if p.max_total is not None})
         for j, m in enumerate(maxima):
             ax.axhline(m, color=color, ls="--", lw=1, alpha=0.7,
-                       label=f"{label}: max (uniform)" if j == 0 else None)
+                       label=f"{s.label}: max (uniform)" if j == 0 else None)
     _symlog_x(ax, all_steps)
     ax.set_xlabel("checkpoint step (symlog)")
     ax.set_ylabel("knowledge entropy  Σ_l H_l  (nats)")
@@ -206,20 +298,24 @@ def knowledge_entropy(runs: Sequence[Run], out_dir: str | Path, *, fmt: str = "p
     ax.grid(alpha=0.3)
     _legend(ax)
 
-    # Then per-layer entropy against step, one panel per series, one line per layer.
-    for ax, ((model, corpus), pts) in zip(axes[1:], layered):
+    # Then per-layer entropy against step, one panel per condition, one line per layer: the mean over the
+    # condition's seeds at each step, with the 95% Student-t band where a step has several seeds.
+    for ax, s in zip(axes[1:], layered):
+        pts = s.points
         n_layers = max(len(p.per_layer) for p in pts)
         for i, color in enumerate(_layer_colors(n_layers)):
             pairs = [(float(p.step), p.per_layer[i]) for p in pts if i < len(p.per_layer)]  # type: ignore[arg-type]
-            steps, means, _ = _mean_by_step(pairs)
+            steps, means, repeated = _mean_by_step(pairs)
             ax.plot(steps, means, marker="o", ms=3, color=color, label=str(i))
+            if repeated:
+                _band(ax, pairs, color, alpha=0.12)
         maxima = {round(m, 9) for p in pts for m in (p.max_per_layer or [])}
         if len(maxima) == 1:
             ax.axhline(maxima.pop(), color="0.5", ls="--", lw=1, label="max")
         _symlog_x(ax, [float(p.step) for p in pts])  # type: ignore[arg-type]
         ax.set_xlabel("checkpoint step (symlog)")
         ax.set_ylabel("layer entropy  H_l  (nats)")
-        ax.set_title(f"Per layer: {model}" + (f" · {corpus}" if corpus else ""))
+        ax.set_title(_short(f"Per layer: {s.label}", 70) + f"\n({_per_step_note(s.seed_counts())})", fontsize=9)
         ax.grid(alpha=0.3)
         _layer_legend_or_colorbar(fig, ax, n_layers)
     written.append(save_figure(fig, out_dir / f"knowledge_entropy.{fmt}", fmt=fmt))
@@ -287,22 +383,23 @@ def entropy_during_training(runs: Sequence[Run], out_dir: str | Path, *, fmt: st
                 rows.append({"run": run.name, "label": labels[id(run)], "metric": metric, "step": int(x) if x.is_integer() else x,
                              "layer": layer if layer == "total" else int(layer), "entropy": v,
                              "run_dir": str(run.path)})
+    from kdyn.report.seeds import group_of, seed_groups
+
+    seeds_of = group_of(seed_groups([run for run, _ in curves]))
+    conditions = training_conditions(curves, seeds_of, labels)
     written = [atomic_write_text(out_dir / "entropy_during_training.csv",
-                                 csv_text(rows, ["run", "label", "metric", "step", "layer", "entropy", "run_dir"]))]
+                                 csv_text(rows, ["run", "label", "metric", "step", "layer", "entropy", "run_dir"])),
+               atomic_write_text(out_dir / "entropy_during_training_seeds.csv",
+                                 csv_text(training_seed_rows(conditions), TRAINING_SEED_COLUMNS))]
 
-    def layer_keys(c: Curves) -> list[str]:
-        return sorted((layer for metric, layer in c if metric == "entropy" and layer != "total"), key=int)
-
-    layered = [(run, c) for run, c in curves if layer_keys(c)][:MAX_LAYER_PANELS]
+    layered = [(label, members) for label, members in conditions
+               if any(_layer_keys(c) for _, c in members)][:MAX_LAYER_PANELS]
     nrows, ncols = grid(1 + len(layered))
     fig, axes = new_figure(nrows, ncols)
     for ax in axes[1 + len(layered):]:
         ax.set_visible(False)
     ax = axes[0]
     styles = ["-", "--", ":", "-."]
-    from kdyn.report.seeds import group_of, seed_groups
-
-    seeds_of = group_of(seed_groups([run for run, _ in curves]))
     pooled: set[str] = set()
     for i, (run, c) in enumerate(curves):
         group = seeds_of.get(id(run))
@@ -310,7 +407,8 @@ def entropy_during_training(runs: Sequence[Run], out_dir: str | Path, *, fmt: st
             if group.key not in pooled:
                 pooled.add(group.key)
                 members = [cc for rr, cc in curves if seeds_of.get(id(rr)) is group]
-                _pooled_totals(ax, members, f"C{i % 10}", styles, f"{_short(group.label)} (mean of {group.n_seeds} seeds)")
+                _pooled_totals(ax, members, f"C{i % 10}", styles,
+                               f"{_short(group.label)} (mean over seeds, {seeds_note([group.n_seeds])})")
             continue
         metrics = [metric for metric, layer in c if layer == "total"]
         for j, metric in enumerate(metrics):
@@ -323,20 +421,84 @@ def entropy_during_training(runs: Sequence[Run], out_dir: str | Path, *, fmt: st
     ax.set_title("Knowledge entropy during training")
     ax.grid(alpha=0.3)
     _legend(ax)
-    for ax, (run, c) in zip(axes[1:], layered):
-        keys = layer_keys(c)
+    # Per-layer panels, one per condition: the mean over its seeds at each logged step, with the 95% band.
+    from kdyn.report.seeds import t_interval
+
+    for ax, (label, members) in zip(axes[1:], layered):
+        label = labels[id(members[0][0])] if len(members) == 1 else label  # a lone run: named as in the total panel
+        keys = sorted({k for _, c in members for k in _layer_keys(c)}, key=int)
         n_layers = int(keys[-1]) + 1
         colors = _layer_colors(n_layers)
+        counts: list[int] = []
         for k in keys:
-            steps, values = c[("entropy", k)]
-            ax.plot(steps, values, color=colors[int(k)], label=k)
+            by_step = _by_step([c for _, c in members], ("entropy", k))
+            steps = sorted(by_step)
+            intervals = [t_interval(by_step[x]) for x in steps]
+            counts += [iv.n for iv in intervals]
+            ax.plot(steps, [iv.mean for iv in intervals], color=colors[int(k)], label=k)
+            band = [(x, iv.low, iv.high) for x, iv in zip(steps, intervals) if iv.low is not None]
+            if band:
+                ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
+                                color=colors[int(k)], alpha=0.2, lw=0)
         ax.set_xlabel("training step")
         ax.set_ylabel("layer entropy  H_l  (nats)")
-        ax.set_title(f"Per layer: {_short(labels[id(run)])}", fontsize=9)
+        note = seeds_note([len(members)]) + (", band: 95% t-interval" if max(counts, default=0) > 1 else "")
+        ax.set_title(f"Per layer: {_short(label)}\n({note})", fontsize=9)
         ax.grid(alpha=0.3)
         _layer_legend_or_colorbar(fig, ax, n_layers)
     written.append(save_figure(fig, out_dir / f"entropy_during_training.{fmt}", fmt=fmt))
     return written
+
+
+def _layer_keys(c: Curves) -> list[str]:
+    return sorted((layer for metric, layer in c if metric == "entropy" and layer != "total"), key=int)
+
+
+def _by_step(members: Sequence[Curves], key: tuple[str, str]) -> dict[float, list[float]]:
+    """{step: the value of each member that logged ``key`` at that step}."""
+    by_step: dict[float, list[float]] = {}
+    for c in members:
+        for x, v in zip(*c.get(key, ([], []))):
+            by_step.setdefault(x, []).append(v)
+    return by_step
+
+
+def training_conditions(curves: Sequence[tuple[Run, Curves]], seeds_of: dict, labels: dict[int, str]
+                        ) -> list[tuple[str, list[tuple[Run, Curves]]]]:
+    """The runs with entropy curves as conditions × seeds, ``[(label, [(run, curves)])]`` in first-seen order,
+    labelled as in ``summary_seeds.csv`` (what differs between conditions); a run that is in no condition
+    (not completed) stands alone under its own label."""
+    found: dict[str, tuple[str, list[tuple[Run, Curves]]]] = {}
+    for run, c in curves:
+        group = seeds_of.get(id(run))
+        if group is None:
+            found[f"run:{run.path}"] = (labels[id(run)], [(run, c)])
+        else:
+            found.setdefault(group.key, (group.label, []))[1].append((run, c))
+    return list(found.values())
+
+
+TRAINING_SEED_COLUMNS = ["condition", "metric", "layer", "step", "n_seeds", "mean", "std", "ci95_low", "ci95_high",
+                         "ci95_half_width", "few_seeds", "seeds", "run_dirs"]
+
+
+def training_seed_rows(conditions: Sequence[tuple[str, list[tuple[Run, Curves]]]]) -> list[dict[str, Any]]:
+    """Rows of ``entropy_during_training_seeds.csv``: per condition, logged column (metric × layer) and step,
+    the mean over the condition's seeds with its 95% Student-t interval."""
+    from kdyn.report.seeds import interval_columns, seed_values, t_interval
+
+    rows = []
+    for label, members in conditions:
+        keys = sorted({k for _, c in members for k in c}, key=_curve_order)
+        seeds = [seed_values(run) for run, _ in members]
+        run_dirs = [str(run.path) for run, _ in members]
+        for metric, layer in keys:
+            by_step = _by_step([c for _, c in members], (metric, layer))
+            for x in sorted(by_step):
+                rows.append({"condition": label, "metric": metric, "layer": layer if layer == "total" else int(layer),
+                             "step": int(x) if float(x).is_integer() else x, **interval_columns(t_interval(by_step[x])),
+                             "seeds": seeds, "run_dirs": run_dirs})
+    return rows
 
 
 def _pooled_totals(ax, members: Sequence[Curves], color: str, styles: Sequence[str], label: str) -> None:
@@ -345,10 +507,7 @@ def _pooled_totals(ax, members: Sequence[Curves], color: str, styles: Sequence[s
 
     metrics = list(dict.fromkeys(metric for c in members for metric, layer in c if layer == "total"))
     for j, metric in enumerate(metrics):
-        by_step: dict[float, list[float]] = {}
-        for c in members:
-            for x, v in zip(*c.get((metric, "total"), ([], []))):
-                by_step.setdefault(x, []).append(v)
+        by_step = _by_step(members, (metric, "total"))
         steps = sorted(by_step)
         intervals = [t_interval(by_step[x]) for x in steps]
         suffix = "" if metric == "entropy" else f" [{metric.removeprefix('entropy_') or metric}]"
