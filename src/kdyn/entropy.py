@@ -8,24 +8,17 @@ resuscitation).
 
 from __future__ import annotations
 
-import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
+from kdyn import launch
 from kdyn.config import CONF_DIR, to_plain
 from kdyn.metrics.coefficients import COEFFICIENTS_FILE, load_coefficients, save_coefficients
-from kdyn.utils.device import pick_device
 from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
-from kdyn.utils.io import atomic_write_json
-from kdyn.validation import validate_config
-
-log = logging.getLogger("kdyn.entropy")
 
 __all__ = ["COEFFICIENTS_FILE", "load_coefficients", "measure_checkpoint"]  # the file's reader lives in metrics
 
@@ -37,19 +30,13 @@ def measure_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict
     from kdyn.metrics.knowledge_entropy import max_entropy
     from kdyn.metrics.recorder import measure
     from kdyn.models.ffn import locate_ffn
-    from kdyn.models.loading import load_model
     from kdyn.models.provenance import model_record
-    from kdyn.organism import ensure_model
     from kdyn.train import train
 
-    validate_config(cfg, "entropy")
-    state = state or RunStarted()
+    state = launch.begin(cfg, "entropy", state)
     settings = to_plain(cfg.entropy)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    ensure_model(to_plain(cfg.model), pretrain=train)  # model=tiny: pretrained once, on first use
-    loaded = load_model(to_plain(cfg.model), tokenizer_corpus=to_plain(cfg.corpus), seq_len=int(settings["seq_len"]),
-                        seq_len_key="entropy.seq_len")
+    loaded = launch.load_checkpoint(to_plain(cfg.model), train, tokenizer_corpus=to_plain(cfg.corpus),
+                                    seq_len=int(settings["seq_len"]), seq_len_key="entropy.seq_len")
     ffn = locate_ffn(loaded.model, to_plain(cfg.model.get("ffn")))
     documents = corpora.load_documents(to_plain(cfg.corpus))
     common = dict(num_sequences=int(settings["num_sequences"]), seq_len=int(settings["seq_len"]),
@@ -59,14 +46,10 @@ def measure_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict
     else:
         batches = document_batches(documents, loaded.tokenizer, sort_by_length=bool(settings["sort_by_length"]),
                                    **common)
-    device = pick_device(settings["device"], "entropy.device")
-    model = loaded.model.to(device)
-
-    state.started = True
-    start = time.perf_counter()
-    metric = measure(model, ffn, batches, device=device)
-    result = metric.compute()
-    seconds = time.perf_counter() - start
+    model, device = launch.on_device(loaded, settings["device"], "entropy.device")
+    with launch.measuring(state) as clock:
+        metric = measure(model, ffn, batches, device=device)
+        result = metric.compute()
     per_layer = [float(h) for h in result["per_layer"]]
     maxima = max_entropy(ffn.d_ff)
     out = Path(cfg.paths.output_dir)
@@ -84,28 +67,25 @@ def measure_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict
         "corpus": {"name": cfg.corpus.name, "path": cfg.corpus.get("path")},
         "settings": settings,
         "padding": "excluded (the official code counts padding tokens)",
-        "seconds": round(seconds, 3),
-        "tokens_per_s": round(int(result["tokens"]) / max(seconds, 1e-9), 1),
+        "seconds": round(clock.seconds, 3),
+        "tokens_per_s": round(int(result["tokens"]) / max(clock.seconds, 1e-9), 1),
     }
     if settings["save_coefficients"]:
         save_coefficients(out / COEFFICIENTS_FILE, metric, record)
         record["coefficients_file"] = COEFFICIENTS_FILE
-    atomic_write_json(out / "entropy.json", record)
-    _print(record, out)
-    return record
+    return launch.write_result(out / "entropy.json", record, _summary(record, out))
 
 
-def _print(record: dict[str, Any], out: Path) -> None:
-    layers = ", ".join(f"{h:.3f}" for h in record["per_layer"])
-    model = record["model"]
+def _summary(record: dict[str, Any], out: Path) -> str:
+    model, layers = record["model"], ", ".join(f"{h:.3f}" for h in record["per_layer"])
     step = f" (step {model['step']})" if model["step"] is not None else ""
-    print(f"kdyn-entropy: {out}\n"
-          f"  model            {model['name']}{step}\n"
-          f"  knowledge entropy {record['total']:.4f} of max {record['max_total']:.4f} "
-          f"({100 * record['normalized_total']:.1f}%)\n"
-          f"  per layer        [{layers}]\n"
-          f"  measured         {record['num_sequences']} sequences, {record['num_tokens']:,} tokens "
-          f"in {record['seconds']:.1f} s", flush=True)
+    return (f"kdyn-entropy: {out}\n"
+            f"  model            {model['name']}{step}\n"
+            f"  knowledge entropy {record['total']:.4f} of max {record['max_total']:.4f} "
+            f"({100 * record['normalized_total']:.1f}%)\n"
+            f"  per layer        [{layers}]\n"
+            f"  measured         {record['num_sequences']} sequences, {record['num_tokens']:,} tokens "
+            f"in {record['seconds']:.1f} s")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="entropy")
