@@ -82,6 +82,50 @@ def test_unknown_scheduler_is_rejected_at_construction(tiny_models):
         CausalLMModule(tiny_models["gpt2"], {"lr": 1e-3, "scheduler": "wsd"})
 
 
+def step_halving(*, warmup_steps, total_steps, min_lr_ratio, every):
+    """A schedule of the tests' own (named by _target_ below): halve the rate every ``every`` steps."""
+    return lambda step: 0.5 ** (step // every)
+
+
+def _multipliers(module, steps):
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    return [scheduler.lr_lambdas[0](s) for s in steps]
+
+
+@pytest.mark.parametrize("name", ["cosine", "linear", "constant"])
+def test_short_schedule_name_is_the_target_node_with_the_same_numbers(tiny_models, name):
+    optim = {"lr": 1e-3, "warmup_steps": 3, "min_lr_ratio": 0.1, "total_steps": 13}
+    short = CausalLMModule(tiny_models["gpt2"], {**optim, "scheduler": name})
+    node = CausalLMModule(tiny_models["gpt2"], {**optim, "scheduler": {"_target_": f"kdyn.module.{name}"}})
+    steps = range(16)
+    got = _multipliers(short, steps)
+    assert got == _multipliers(node, steps)  # exactly equal, not approximately
+    progress = [min(1.0, max(0.0, (s - 3) / 10)) for s in steps]  # the closed forms, written here
+    after = {"constant": [1.0] * 16, "linear": [0.1 + 0.9 * (1 - p) for p in progress],
+             "cosine": [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)) for p in progress]}[name]
+    assert got == pytest.approx([(s + 1) / 3 if s < 3 else after[s] for s in steps])
+
+
+def test_a_schedule_of_ones_own_is_named_by_target_with_its_own_keys(tiny_models):
+    module = CausalLMModule(tiny_models["gpt2"], {
+        "lr": 1e-3, "total_steps": 10, "scheduler": {"_target_": "tests.test_module.step_halving", "every": 2}})
+    assert _multipliers(module, range(6)) == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+
+
+@pytest.mark.parametrize("scheduler", [{"_target_": "tests.test_module.no_such_schedule"}, {"every": 2}])
+def test_bad_schedule_node_is_one_line_at_construction(tiny_models, scheduler):
+    with pytest.raises(KdynError, match=r"optim\.scheduler") as info:
+        CausalLMModule(tiny_models["gpt2"], {"lr": 1e-3, "scheduler": scheduler})
+    assert "\n" not in str(info.value)
+
+
+def test_schedule_factory_missing_its_own_key_is_one_line(tiny_models):
+    module = CausalLMModule(tiny_models["gpt2"], {"lr": 1e-3, "scheduler": {"_target_": "tests.test_module.step_halving"}})
+    with pytest.raises(KdynError, match=r"optim\.scheduler\._target_=tests\.test_module\.step_halving") as info:
+        module.configure_optimizers()
+    assert "\n" not in str(info.value)
+
+
 def test_optimizer_is_the_optim_target_with_the_yaml_defaults(tiny_models):
     from omegaconf import OmegaConf
 

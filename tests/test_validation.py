@@ -53,6 +53,7 @@ def test_every_trainer_passes(trainer):
     ("train", "optim.eps=0", "optim.eps"),
     ("train", "optim.weight_decay=-0.1", "optim.weight_decay"),
     ("train", "optim.scheduler=cosin", "optim.scheduler"),
+    ("train", "optim.scheduler={every:2}", "optim.scheduler"),
     ("train", "trainer.max_steps=0", "trainer.max_steps"),
     ("train", "trainer.max_steps=-2", "trainer.max_steps"),
     ("train", "trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches"),
@@ -100,6 +101,13 @@ def test_device_names_pass(device):
 def test_boundary_values_that_make_sense_pass(override):
     """lr=0 measures without updating (the gradient-norm tests rely on it); epochs may be fractional."""
     validate_config(compose_config("train", [override]), "train")
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "{_target_:kdyn.module.linear}", "{_target_:my.schedules.wsd,decay:0.2}"])
+def test_schedule_short_name_or_target_node_passes(scheduler):
+    cfg = compose_config("train", [f"optim.scheduler={scheduler}"])
+    validate_config(cfg, "train")
+    assert cfg.optim.scheduler == "cosine" or cfg.optim.scheduler._target_.endswith((".linear", ".wsd"))
 
 
 def test_extra_trainer_arguments_are_allowed():

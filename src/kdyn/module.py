@@ -3,15 +3,17 @@
 Read top to bottom: forward → loss (padding ignored, fp32 cross-entropy) → AdamW with decay/no-decay
 groups (and optional per-parameter learning-rate multipliers, used by ``intervention=localize_alr``)
 → warmup + cosine/linear/constant schedule. The optimizer class is the ``optim`` node's ``_target_``
-(``torch.optim.AdamW``, ``_partial_``: built here with the parameter groups); every default is the
-one in ``conf/train.yaml``. Frozen parameters (``requires_grad=False``) never reach
+(``torch.optim.AdamW``, ``_partial_``: built here with the parameter groups); the LR schedule is
+``optim.scheduler``: a node ``{_target_: <factory>, …}`` (a plain function below, or one of your
+own) or the short spelling ``cosine``/``linear``/``constant`` (= ``{_target_: kdyn.module.<name>}``);
+every default is the one in ``conf/train.yaml``. Frozen parameters (``requires_grad=False``) never reach
 the optimizer, so no state, weight decay or momentum touches them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -21,6 +23,7 @@ from torch import nn
 
 from kdyn.errors import KdynError
 
+# The short spellings of optim.scheduler: each names the factory of that name in this module.
 SCHEDULES = ("cosine", "linear", "constant")
 # Keys of the optim node that shape the LR schedule (total_steps: the run length when there is no
 # Trainer); the others are the optimizer's arguments.
@@ -59,19 +62,71 @@ def build_optimizer(optim: Mapping[str, Any], groups: list[dict[str, Any]]) -> t
                         "(remove the others with ~optim.<key>)") from None
 
 
-def lr_lambda(step: int, *, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:
-    """Multiplier of the peak learning rate after ``step`` optimizer steps."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
+# ------------------------------------------------------------------------------ LR schedules
+# A schedule is a plain factory: keyword arguments (the optim node's warmup_steps and min_lr_ratio, the
+# run's total_steps, plus any key of its own optim.scheduler node) -> a function of the optimizer step
+# returning the multiplier of the peak learning rate. The config names it by _target_; nothing to register.
+def _with_warmup(after: Callable[[int], float], warmup_steps: int) -> Callable[[int], float]:
+    """``after`` preceded by a linear warmup over ``warmup_steps`` steps (1/w, 2/w, …, 1)."""
+    return lambda step: (step + 1) / warmup_steps if warmup_steps > 0 and step < warmup_steps else after(step)
+
+
+def _progress(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Fraction of the decay done after ``step`` steps (0 at the end of warmup, 1 at ``total_steps``)."""
     decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, max(0.0, (step - warmup_steps) / decay_steps))
-    if schedule == "cosine":
-        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    if schedule == "linear":
-        return min_lr_ratio + (1.0 - min_lr_ratio) * (1.0 - progress)
-    raise KdynError(f"unknown optim.scheduler {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    return min(1.0, max(0.0, (step - warmup_steps) / decay_steps))
+
+
+def constant(*, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
+    """Warmup, then the peak learning rate throughout."""
+    return _with_warmup(lambda step: 1.0, warmup_steps)
+
+
+def cosine(*, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
+    """Warmup, then a half cosine from the peak to ``lr × min_lr_ratio`` at ``total_steps``."""
+    return _with_warmup(lambda step: min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (
+        1.0 + math.cos(math.pi * _progress(step, warmup_steps, total_steps))), warmup_steps)
+
+
+def linear(*, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
+    """Warmup, then a straight line from the peak to ``lr × min_lr_ratio`` at ``total_steps``."""
+    return _with_warmup(lambda step: min_lr_ratio + (1.0 - min_lr_ratio) * (
+        1.0 - _progress(step, warmup_steps, total_steps)), warmup_steps)
+
+
+def schedule_node(scheduler: Any) -> dict[str, Any]:
+    """``optim.scheduler`` as a ``_target_`` node: a short name ``cosine`` is ``{_target_:
+    kdyn.module.cosine}``; a mapping must name its factory by ``_target_`` (its other keys are the
+    factory's own keyword arguments)."""
+    if isinstance(scheduler, str) and scheduler in SCHEDULES:
+        return {"_target_": f"{__name__}.{scheduler}"}
+    if isinstance(scheduler, Mapping) and isinstance(scheduler.get("_target_"), str):
+        return {str(k): v for k, v in scheduler.items() if k != "_partial_"}
+    raise KdynError(f"unknown optim.scheduler {scheduler!r}; choose one of {', '.join(SCHEDULES)} "
+                    "or name a schedule factory: optim.scheduler={_target_:<module>.<function>}")
+
+
+def make_schedule(scheduler: Any, *, warmup_steps: int, total_steps: int,
+                  min_lr_ratio: float) -> Callable[[int], float]:
+    """The step → LR-multiplier function of ``optim.scheduler`` (a short name or a ``_target_`` node)."""
+    from hydra.utils import instantiate
+
+    node = schedule_node(scheduler)
+    try:
+        factory = instantiate({**node, "_partial_": True}, _convert_="all")
+        return factory(warmup_steps=warmup_steps, total_steps=total_steps, min_lr_ratio=min_lr_ratio)
+    except Exception as e:  # noqa: BLE001 - a wrong function path or an argument the factory does not take
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise KdynError(f"optim.scheduler._target_={node['_target_']}: cannot build the LR schedule ({reason}); "
+                        "give a function (*, warmup_steps, total_steps, min_lr_ratio, **its keys) -> "
+                        f"(step -> multiplier), e.g. {__name__}.cosine") from None
+
+
+def lr_lambda(step: int, *, warmup_steps: int, total_steps: int, schedule: Any, min_lr_ratio: float) -> float:
+    """Multiplier of the peak learning rate after ``step`` optimizer steps (``schedule``: as
+    ``optim.scheduler``)."""
+    return make_schedule(schedule, warmup_steps=warmup_steps, total_steps=total_steps,
+                         min_lr_ratio=min_lr_ratio)(step)
 
 
 def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -102,8 +157,7 @@ class CausalLMModule(pl.LightningModule):
         self.model = model.train()  # from_pretrained returns eval mode; training uses dropout if the model has any
         self.tokenizer = tokenizer
         self.optim = optim_config(optim)
-        if self.optim["scheduler"] not in SCHEDULES:
-            raise KdynError(f"unknown optim.scheduler {self.optim['scheduler']!r}; choose one of {', '.join(SCHEDULES)}")
+        self._check_schedule()
         # Plain containers only, so checkpoints reload with torch.load(weights_only=True).
         self.save_hyperparameters({"optim": self.optim, "run": dict(run_info or {})})
         # name -> learning-rate multiplier; set by interventions before the optimizer is built.
@@ -160,17 +214,24 @@ class CausalLMModule(pl.LightningModule):
             raise KdynError("no trainable parameters: every parameter is frozen; check the intervention's layer choice")
         optimizer = build_optimizer(self.optim, groups)
         total = self._total_steps()
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: lr_lambda(
-                step,
-                warmup_steps=int(self.optim["warmup_steps"]),
-                total_steps=total,
-                schedule=self.optim["scheduler"],
-                min_lr_ratio=float(self.optim["min_lr_ratio"]),
-            ),
-        )
+        schedule = make_schedule(self.optim["scheduler"], warmup_steps=int(self.optim["warmup_steps"]),
+                                 total_steps=total, min_lr_ratio=float(self.optim["min_lr_ratio"]))
+        # a lambda: LambdaLR keeps no state of it in checkpoints, whatever object a factory returns
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _check_schedule(self) -> None:
+        """Fail at construction, in one line, on a schedule that is not a short name or whose
+        ``_target_`` does not name a function."""
+        from hydra.utils import get_method
+
+        target = schedule_node(self.optim["scheduler"])["_target_"]
+        try:
+            get_method(target)
+        except Exception as e:  # noqa: BLE001 - no such module or function
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise KdynError(f"optim.scheduler._target_={target}: not a function ({reason}); "
+                            f"name a schedule factory such as {__name__}.cosine") from None
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """AdamW groups keyed by (weight decay?, lr multiplier); frozen parameters are left out.

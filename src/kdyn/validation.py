@@ -31,7 +31,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from kdyn.errors import KdynError
 
 TASKS = ("train", "entropy", "eval", "trace")
-SCHEDULES = ("cosine", "linear", "constant")  # kdyn.module.SCHEDULES (checked equal in the tests)
+SCHEDULES = ("cosine", "linear", "constant")  # kdyn.module.SCHEDULES, the short spellings (checked equal in the tests)
 KNOWLEDGE_SOURCES = ("synthetic", "fictional_knowledge")  # kdyn.data.knowledge's (checked equal in the tests)
 TRACE_GRANULARITIES = ("block", "attn_mlp")  # kdyn.trace.GRANULARITIES (checked equal in the tests)
 TRACE_NORMS = ("l2", "l2_per_sqrt_numel")  # kdyn.metrics.grad_norms.NORMS (checked equal in the tests)
@@ -40,13 +40,14 @@ DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
 
 def spec(*, min: float | None = None, max: float | None = None, above: float | None = None,
          below: float | None = None, choices: Sequence[Any] | None = None, also: Sequence[Any] = (),
-         length: int | None = None, pattern: str | None = None, hint: str = "") -> Any:
+         length: int | None = None, pattern: str | None = None, target: bool = False, hint: str = "") -> Any:
     """A schema field: allowed range (``min``/``max`` inclusive, ``above``/``below`` exclusive), a
     closed set of ``choices``, extra allowed values ``also`` (e.g. ``-1``), a list ``length``, a regular
-    expression a string must match in full (``pattern``), and a ``hint`` appended to the error."""
+    expression a string must match in full (``pattern``), ``target``: a mapping value must name its
+    object by ``_target_``, and a ``hint`` appended to the error."""
     return field(default=None, metadata={"min": min, "max": max, "above": above, "below": below,
                                          "choices": choices, "also": tuple(also), "length": length, "pattern": pattern,
-                                         "hint": hint})
+                                         "target": target, "hint": hint})
 
 
 # ------------------------------------------------------------------------------------ schemas
@@ -75,7 +76,8 @@ class Optim:
     weight_decay: float = spec(min=0)
     betas: list[float] = spec(min=0, below=1, length=2, hint="AdamW's [beta1, beta2]")
     eps: float = spec(above=0)
-    scheduler: str = spec(choices=SCHEDULES)
+    scheduler: str | dict = spec(choices=SCHEDULES, target=True,
+                                 hint="or a factory node: optim.scheduler={_target_:<module>.<function>}")
     warmup_steps: int = spec(min=0)
     min_lr_ratio: float = spec(min=0, max=1, hint="cosine/linear decay to lr × min_lr_ratio")
 
@@ -347,6 +349,8 @@ def _check_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> No
             _check_range(key, value, item, meta)
     elif not isinstance(value, dict):
         _check_range(key, value, value, meta)
+    elif meta.get("target") and not isinstance(value.get("_target_"), str):
+        _fail(key, value, "a mapping must name its function by _target_", meta)
 
 
 def _check_range(key: str, shown: Any, value: Any, meta: Mapping[str, Any]) -> None:
