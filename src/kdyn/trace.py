@@ -9,26 +9,19 @@ raw norms).
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
+from kdyn import launch
 from kdyn.config import CONF_DIR, to_plain
 from kdyn.errors import KdynError
 from kdyn.report.layer_stats import plot_layer_stats, print_layer_stats
-from kdyn.utils.device import pick_device
 from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
-from kdyn.utils.io import atomic_write_json
-from kdyn.validation import validate_config
-
-log = logging.getLogger("kdyn.trace")
 
 STATS_FILE = "layer_stats.json"
 PLOT_FILE = "layer_stats.png"
@@ -44,43 +37,29 @@ def trace_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict[s
     from kdyn.interventions.layer_selection import model_architecture
     from kdyn.metrics.grad_norms import trace_layer_norms
     from kdyn.models.ffn import locate_ffn, parameter_groups_by_layer
-    from kdyn.models.loading import load_model
     from kdyn.models.provenance import model_record
-    from kdyn.organism import ensure_model
     from kdyn.train import train
 
-    validate_config(cfg, "trace")
-    state = state or RunStarted()
+    state = launch.begin(cfg, "trace", state)
     settings = to_plain(cfg.trace)  # granularity and norm: checked by validate_config (kdyn.validation.Trace)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
     clozes = diagnostic_clozes(settings)  # bad set names, missing files: fail before loading weights
     for name, (items, origin) in clozes.items():
         if not items:
             raise KdynError(f"diagnostic set {name!r} is empty ({origin}); choose another set, period or source")
 
-    model_cfg = to_plain(cfg.model)
-    if settings.get("dtype"):
-        model_cfg["dtype"] = settings["dtype"]
+    model_cfg = to_plain(cfg.model) | ({"dtype": settings["dtype"]} if settings.get("dtype") else {})
     max_len = settings.get("max_len")
-    ensure_model(model_cfg, pretrain=train)  # model=tiny: pretrained once, on first use
-    loaded = load_model(model_cfg, tokenizer_corpus=to_plain(cfg.get("corpus")),
-                        seq_len=int(max_len) if max_len else None, seq_len_key="trace.max_len")
+    loaded = launch.load_checkpoint(model_cfg, train, tokenizer_corpus=to_plain(cfg.get("corpus")),
+                                    seq_len=int(max_len) if max_len else None, seq_len_key="trace.max_len")
     ffn = locate_ffn(loaded.model, to_plain(cfg.model.get("ffn")))
     groups = parameter_groups_by_layer(loaded.model, ffn, split=settings["granularity"])
     seed = int(settings.get("seed") or 0)
     sets = {name: tokenize_clozes(subsample(items, settings.get("max_examples"), seed, name), loaded.tokenizer, max_len)
             for name, (items, _) in clozes.items()}
-    device = pick_device(settings["device"], "trace.device")
-    model = loaded.model.to(device)
-
-    state.started = True
-    start = time.perf_counter()
-    results = {name: trace_layer_norms(model, examples, groups, settings["norm"], device)
-               for name, examples in sets.items()}
-    seconds = time.perf_counter() - start
-    layers = next(iter(results.values())).layers
-    n_total = sum(len(e) for e in sets.values())
+    model, device = launch.on_device(loaded, settings["device"], "trace.device")
+    with launch.measuring(state) as clock:
+        results = {name: trace_layer_norms(model, examples, groups, settings["norm"], device)
+                   for name, examples in sets.items()}
     record = {
         "status": "completed",
         "model": model_record(loaded, model_type=ffn.model_type,
@@ -88,17 +67,17 @@ def trace_checkpoint(cfg: DictConfig, state: RunStarted | None = None) -> dict[s
         "architecture": model_architecture(loaded.model, ffn),  # training refuses these stats for another model
         "granularity": settings["granularity"],
         "norm": settings["norm"],
-        "layers": layers,
+        "layers": next(iter(results.values())).layers,
         "sets": {name: {**res.to_dict(), "origin": clozes[name][1], "n_available": len(clozes[name][0])}
                  for name, res in results.items()},
         "settings": settings,
         "definition": DEFINITION,
-        "seconds": round(seconds, 3),
-        "seconds_per_example": round(seconds / max(n_total, 1), 5),
+        "seconds": round(clock.seconds, 3),
+        "seconds_per_example": round(clock.seconds / max(sum(len(e) for e in sets.values()), 1), 5),
     }
     _check_finite(record)
     out = Path(cfg.paths.output_dir)
-    atomic_write_json(out / STATS_FILE, record)
+    launch.write_result(out / STATS_FILE, record)
     if settings["plot"]:
         plot_layer_stats(record, out / PLOT_FILE)
     print_layer_stats(record, out)
