@@ -7,37 +7,31 @@ or 0 when unknown) and ``results.json`` with the mean target NLL per scenario an
 from __future__ import annotations
 
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
+from kdyn import launch
 from kdyn.config import CONF_DIR, chosen_groups, to_plain
 from kdyn.utils.device import pick_device
 from kdyn.utils.entry import RunStarted, check_group_choices, run_entry
-from kdyn.utils.io import atomic_write_json, write_csv
-from kdyn.validation import validate_config
+from kdyn.utils.io import write_csv
 
 
 def evaluate(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]:
+    """Score the knowledge probes described by a composed ``eval`` config; returns results.json."""
     from kdyn.callbacks.probes import COLUMNS
     from kdyn.metrics.probe_scoring import ProbeSet
-    from kdyn.models.loading import context_length, load_model
+    from kdyn.models.loading import context_length
     from kdyn.models.provenance import model_record
-    from kdyn.organism import ensure_model
     from kdyn.train import train
 
-    validate_config(cfg, "eval")
-    state = state or RunStarted()
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    state = launch.begin(cfg, "eval", state)
     settings = to_plain(cfg.probes)
-    ensure_model(to_plain(cfg.model), pretrain=train)  # model=tiny: pretrained once, on first use
-    loaded = load_model(to_plain(cfg.model))
+    loaded = launch.load_checkpoint(to_plain(cfg.model), train)
     limit = min(int(settings["max_len"]), context_length(loaded.model) or int(settings["max_len"]))
     probe_set = ProbeSet.from_knowledge(
         to_plain(cfg.knowledge.source), to_plain(cfg.knowledge.scenarios), int(cfg.knowledge.num_events),
@@ -47,10 +41,9 @@ def evaluate(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]
     probes, items = probe_set.probes, probe_set.items
     device = pick_device(settings["device"], "probes.device")
 
-    state.started = True
-    start = time.perf_counter()
-    scores = probe_set.score(loaded.model.to(device), device=device)
-    seconds = time.perf_counter() - start
+    with launch.measuring(state) as clock:  # the move to the device included
+        scores = probe_set.score(loaded.model.to(device), device=device)
+    seconds = clock.seconds
     step = loaded.ref.step if loaded.ref.step is not None else 0
     rows, means = [], defaultdict(list)
     for probe in probes:
@@ -77,13 +70,11 @@ def evaluate(cfg: DictConfig, state: RunStarted | None = None) -> dict[str, Any]
         "knowledge": to_plain(cfg.knowledge.source),
         "output_dir": str(out),
     }
-    atomic_write_json(out / "results.json", results)
     lines = [f"kdyn-eval: {out}", f"  model   {loaded.ref.describe()}",
              f"  probes  {len(probes)} of {len(items)} items in {seconds:.1f} s"]
     for scenario, by_type in summary.items():
         lines.append(f"  {scenario:<11} " + "  ".join(f"{t}: NLL {v:.3f}" for t, v in by_type.items()))
-    print("\n".join(lines), flush=True)
-    return results
+    return launch.write_result(out / "results.json", results, "\n".join(lines))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
