@@ -21,7 +21,6 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from kdyn import run
 from kdyn.config import chosen_groups, to_plain
 from kdyn.launch.common import begin, load_checkpoint
 from kdyn.launch.trainer import check_launch, fit_stream, interrupted_section
@@ -30,6 +29,8 @@ from kdyn.utils.results import collect_result_sections
 from kdyn.utils.run_folder import is_global_rank_zero, start_over
 
 log = logging.getLogger("kdyn.train")  # these lines belong to the training job's log
+# kdyn.run (Lightning) is imported where it is used: importing kdyn.launch stays as light as torch, so
+# kdyn-entropy/-eval/-trace start (and refuse a bad command line) as fast as before.
 
 
 @dataclass
@@ -54,6 +55,7 @@ class TrainJob:
 def build_train_job(cfg: DictConfig, pretrain: Callable[[DictConfig], Any],
                     extra_callbacks: list | None = None) -> TrainJob:
     """Validate ``cfg`` and build every part of its training job (``pretrain``: builds model=tiny)."""
+    from kdyn import run
     from kdyn.callbacks.summary import RunSummary
     from kdyn.data.datamodule import CorpusDataModule
     from kdyn.interventions import apply_intervention
@@ -92,6 +94,8 @@ def _start_over_if_asked(out: Path, cfg: DictConfig) -> None:
 
 def write_run_record(job: TrainJob) -> None:
     """The run folder's record of what is being trained (global rank zero)."""
+    from kdyn import run
+
     job.out.mkdir(parents=True, exist_ok=True)
     if job.trainer.is_global_zero:
         run.record_config(job.cfg)
@@ -102,6 +106,7 @@ def write_run_record(job: TrainJob) -> None:
 
 def collect_results(job: TrainJob, preempted: bool) -> dict[str, Any]:
     """``results.json`` of the job after ``fit`` (written and summarised by global rank zero); returned."""
+    from kdyn import run
     from kdyn.metrics.knowledge_summary import InjectionResults
     from kdyn.models.provenance import model_record
 
