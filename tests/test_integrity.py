@@ -182,3 +182,34 @@ def test_tiny_pretraining_is_bit_identical_on_one_machine(tmp_path):
     assert any(f.suffix == ".safetensors" for f in files) and any("tokenizer" in f.name for f in files)
     for rel in files:
         assert (folders[0] / rel).read_bytes() == (folders[1] / rel).read_bytes(), rel
+
+
+def test_building_the_tiny_model_on_first_use_leaves_the_callers_random_state_as_it_was(tmp_path, monkeypatch):
+    """The run that triggers the tiny pretraining continues from the same random state as a rerun
+    that finds the model cached (the nested pretraining reseeds every generator)."""
+    import os
+    import random
+
+    import numpy as np
+    import torch
+    from lightning.pytorch import seed_everything
+
+    import kdyn.organism as organism
+
+    def fake_pretrain(cfg):  # reseeds and draws, as the real pretraining does, then writes its record
+        seed_everything(1234, workers=True, verbose=False)
+        random.random(), np.random.rand(), torch.rand(3)
+        staging = Path(cfg.callbacks.hf_trajectory.dirpath)
+        staging.mkdir(parents=True, exist_ok=True)
+        (staging / organism.TRAJECTORY_FILE).write_text(json.dumps({"steps": [0]}))
+
+    monkeypatch.setattr(organism, "read_trajectory",
+                        lambda folder: json.loads((folder / organism.TRAJECTORY_FILE).read_text())
+                        if (folder / organism.TRAJECTORY_FILE).is_file() else None)
+    seed_everything(7, workers=True, verbose=False)
+    expected = (random.random(), float(np.random.rand()), torch.rand(2).tolist(), os.environ.get("PL_GLOBAL_SEED"))
+    seed_everything(7, workers=True, verbose=False)
+    organism.ensure_trajectory({"trajectory_dir": str(tmp_path / "traj")}, fake_pretrain)
+    after = (random.random(), float(np.random.rand()), torch.rand(2).tolist(), os.environ.get("PL_GLOBAL_SEED"))
+    assert (tmp_path / "traj").is_dir() and any((tmp_path / "traj").iterdir())  # it really built one
+    assert after == expected

@@ -10,14 +10,19 @@ so this module sits below the entry points and nothing under ``kdyn.models`` imp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import random
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kdyn.errors import KdynError
@@ -65,7 +70,8 @@ def _build_trajectory(cfg: DictConfig, folder: Path, pretrain: Pretrain) -> None
     OmegaConf.update(cfg, "paths.output_dir", str(staging / "run"), force_add=True)
     OmegaConf.update(cfg, "callbacks.hf_trajectory.dirpath", str(staging), force_add=True)
     start = time.time()
-    pretrain(cfg)
+    with caller_random_state_kept():  # the run that asked for the model goes on as if it had been cached
+        pretrain(cfg)
     record = read_trajectory(staging)
     if record is None:
         raise KdynError(f"pretraining the tiny model finished but wrote no {TRAJECTORY_FILE} in {staging}")
@@ -75,3 +81,30 @@ def _build_trajectory(cfg: DictConfig, folder: Path, pretrain: Pretrain) -> None
     staging.rename(folder)
     log.info("tiny model trajectory ready in %.0f s: %s", time.time() - start, folder)
 
+
+
+#: What ``lightning.seed_everything`` sets in the environment (the nested pretraining reseeds).
+_SEED_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+
+
+@contextlib.contextmanager
+def caller_random_state_kept() -> Iterator[None]:
+    """Restore Python's, numpy's and torch's random states (and Lightning's seed variables) on exit.
+
+    Pretraining the tiny model on first use reseeds every generator with its own seed; without this
+    the run that triggered it would continue from another random state than the same command run
+    once the model is cached.
+    """
+    py, np_state = random.getstate(), np.random.get_state()
+    env = {key: os.environ.get(key) for key in _SEED_ENV}
+    try:
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
