@@ -17,7 +17,8 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -325,6 +326,23 @@ def warning_lines(groups: Sequence[SeedGroup]) -> list[str]:
 
 
 HEADLINE = ("results.final_loss", "entropy.total", "trace.")
+_TW_PPL = re.compile(r"^results\.temporalwiki\.p(\d+)\.(C|UnC)_ppl_full$")
+
+
+def headline_metrics(metrics: Iterable[str]) -> list[str]:
+    """The metrics the terminal shows per condition (in the order given): the final loss, the total entropy,
+    the knowledge headlines (effectivity, decay constant) and, for TemporalWiki runs, ``C_ppl_full`` and
+    ``UnC_ppl_full`` after the last period (the other periods are in the CSVs)."""
+    metrics = list(dict.fromkeys(metrics))
+    periods = [int(m.group(1)) for m in map(_TW_PPL.match, metrics) if m]
+    last = max(periods) if periods else None
+    return [m for m in metrics if m in HEADLINE[:2] or _is_knowledge_headline(m)
+            or ((tw := _TW_PPL.match(m)) is not None and int(tw.group(1)) == last)]
+
+
+def metric_name(metric: str) -> str:
+    """A metric as the terminal names it: ``results.temporalwiki.p4.C_ppl_full`` → ``temporalwiki.p4.C_ppl_full``."""
+    return metric.split(".", 1)[1].replace("knowledge.scenarios.", "")
 
 
 def format_seed_table(groups: Sequence[SeedGroup], rows: Sequence[Mapping[str, Any]]) -> str:
@@ -334,11 +352,9 @@ def format_seed_table(groups: Sequence[SeedGroup], rows: Sequence[Mapping[str, A
     for r in rows:
         by_condition.setdefault(r["condition"], []).append(r)
     for g in groups:
-        parts = []
-        for r in by_condition.get(g.label, []):
-            if r["metric"] in HEADLINE[:2] or _is_knowledge_headline(r["metric"]):
-                name = r["metric"].split(".", 1)[1].replace("knowledge.scenarios.", "")
-                parts.append(f"{name} {format_interval(r)}")
+        rows_here = by_condition.get(g.label, [])
+        chosen = set(headline_metrics(r["metric"] for r in rows_here))
+        parts = [f"{metric_name(r['metric'])} {format_interval(r)}" for r in rows_here if r["metric"] in chosen]
         flag = " (fewer than 3 seeds)" if g.n_seeds < MIN_SEEDS else ""
         lines.append(f"  [{g.label}] {g.n_seeds} seed{'s' if g.n_seeds != 1 else ''}{flag}" + (":" if parts else ""))
         lines += [f"      {part}" for part in parts]
@@ -350,10 +366,18 @@ def _is_knowledge_headline(metric: str) -> bool:
                                                                                  ".mem.fit.decay_constant"))
 
 
+def format_half_width(x: float) -> str:
+    """Two significant digits, without an exponent for large values (121.5 → ``120``, not ``1.2e+02``)."""
+    text = f"{x:.2g}"
+    if "e+" in text:
+        text = f"{round(x, 1 - int(math.floor(math.log10(abs(x))))):.0f}"
+    return text
+
+
 def format_interval(row: Mapping[str, Any]) -> str:
     if row.get("ci95_half_width") is None:
         return f"{row['mean']:.4g} (n={row['n_seeds']})"
-    return f"{row['mean']:.4g} ± {row['ci95_half_width']:.2g} (n={row['n_seeds']})"
+    return f"{row['mean']:.4g} ± {format_half_width(row['ci95_half_width'])} (n={row['n_seeds']})"
 
 
 def write_seed_summary(groups: Sequence[SeedGroup], out_dir) -> tuple[Any, list[dict[str, Any]]]:
