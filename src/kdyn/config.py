@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from kdyn import schemas
 from kdyn.errors import KdynError
 
 
@@ -40,7 +41,17 @@ def compose_config(config_name: str, overrides: Sequence[str] = (), return_hydra
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
     except (HydraException, OmegaConfBaseException) as e:
-        raise KdynError(f"cannot compose {config_name} with overrides {list(overrides)}: {e}") from None
+        raise KdynError(compose_error_line(e, config_name, overrides)) from None
+
+
+def compose_error_line(error: BaseException, config_name: str, overrides: Sequence[str] = ()) -> str:
+    """One line for a composition error: a value or key the schemas refuse reads like
+    :func:`kdyn.validation.validate_config`'s message; any other (a missing option …) is Hydra's text
+    on one line."""
+    explained = schemas.compose_error(error)
+    if explained is not None:
+        return explained
+    return f"cannot compose {config_name} with overrides {list(overrides)}: {' '.join(str(error).split())}"
 
 
 def chosen_groups(cfg: DictConfig) -> dict[str, str | None]:
@@ -114,6 +125,8 @@ def _job_dir(num: Any, override_dirname: Any, sweep_id: Any = None) -> str:
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.=,+@" else "_" for c in text).strip("._") or "run"
 
+
+schemas.register()  # the typed schemas the YAML files extend (kdyn_schema/<config>/<node>)
 
 for _name, _fn in (("kdyn_run_dir", _run_dir), ("kdyn_sweep_dir", _sweep_dir), ("kdyn_job_dir", _job_dir)):
     if not OmegaConf.has_resolver(_name):
