@@ -188,7 +188,8 @@ def test_group_keys_follow_the_chosen_option():
 
 
 @pytest.mark.parametrize("args", [["optim.lrr=0.1"], ["+optim.lrr=0.1"], ["data.batch_size=0"], ["data.batch_size=abc"],
-                                  ["optim.betas=[0.9,x]"], ["inject.metrics.window=1.5", "experiment=kim2025"]])
+                                  ["optim.betas=[0.9,x]"], ["inject.metrics.window=1.5", "experiment=kim2025"],
+                                  ["+optim.lr=1"], ["~optim.foo"]])
 def test_command_line_refuses_in_one_line_and_writes_nothing(tmp_path, args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "KDYN_CACHE_DIR": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, "-m", "kdyn.train", *args, "run_id=bad"], cwd=tmp_path, env=env,

@@ -223,27 +223,24 @@ _OTHER_COMPOSITION = ("-m", "--multirun", "-cn", "--config-name", "-cp", "--conf
 
 
 def check_override_values(tool: str, argv: list[str]) -> None:
-    """Compose the tool's config with the command line's overrides, so that a value or key the typed
-    schemas (:mod:`kdyn.schemas`) refuse — ``data.batch_size=abc``, a typo in an experiment preset — is
-    one line naming the key instead of Hydra's multi-line report. Other composition errors are left to
-    Hydra; a multirun is checked job by job by the sweeper."""
+    """Compose the tool's config with the command line's overrides, so that a composition error is one
+    line instead of Hydra's multi-line report: a value or key the typed schemas (:mod:`kdyn.schemas`)
+    refuse (``data.batch_size=abc``, a typo in an experiment preset) names the key; any other is Hydra's
+    text on one line. A multirun is checked job by job by the sweeper."""
     config_name = CONFIG_OF_TOOL.get(tool)
     flags = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
-    overrides = [a for a in argv if "=" in a and not a.startswith(("-", "hydra", "+hydra", "~hydra"))]
+    overrides = [a for a in argv if ("=" in a or a.startswith("~")) and not a.startswith(("-", "hydra", "+hydra", "~hydra"))]
     if config_name is None or not overrides or flags & set(_OTHER_COMPOSITION):
         return
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from kdyn import schemas
-    from kdyn.config import CONF_DIR  # importing kdyn.config registers the schemas
+    from kdyn.config import CONF_DIR, compose_error_line  # importing kdyn.config registers the schemas
 
     if GlobalHydra.instance().is_initialized():
         return
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             compose(config_name, overrides=overrides)
-    except Exception as e:  # noqa: BLE001 - only the schemas' refusals are reported here
-        explained = schemas.compose_error(e)
-        if explained is not None:
-            raise KdynError(explained) from None
+    except Exception as e:  # noqa: BLE001 - Hydra's composition errors (and OmegaConf's within them)
+        raise KdynError(compose_error_line(e, config_name, overrides)) from None
