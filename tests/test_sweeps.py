@@ -81,6 +81,20 @@ def test_invalid_jobs_are_listed_one_line_each_and_nothing_is_launched(tmp_path)
     assert "sweep.validate=false" in last
 
 
+def test_a_wrong_type_in_a_sweep_is_named_like_a_single_run_names_it(tmp_path):
+    """The typed schemas refuse `abc` while a job composes: the job's line names the key, as a single run's does."""
+    sweep = tmp_path / "sweep"
+    proc = _kdyn("kdyn.train", ["-m", f"hydra.sweep.dir={sweep}", "data.batch_size=abc,4"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert not sweep.exists() and "Traceback" not in proc.stderr
+    lines = _lines(proc.stderr, "kdyn-train: job ")
+    assert len(lines) == 1 and lines[0].startswith("kdyn-train: job 0 [data.batch_size=abc]: data.batch_size='abc'")
+    assert "must be an integer" in lines[0]
+    single = _kdyn("kdyn.train", ["data.batch_size=abc"], tmp_path)
+    assert single.returncode == 2
+    assert lines[0].split("]: ", 1)[1] in single.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize("module", ["kdyn.entropy", pytest.param("kdyn.eval", marks=pytest.mark.slow),
                                     pytest.param("kdyn.trace", marks=pytest.mark.slow)])
 def test_every_tool_validates_its_sweep_before_launching(tmp_path, module):

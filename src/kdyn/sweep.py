@@ -140,8 +140,15 @@ def validate_jobs(config: DictConfig, loader: Any, jobs: Sequence[Job], task: st
         except KdynError as e:
             invalid.append((job, _one_line(e)))
         except Exception as e:  # noqa: BLE001 - Hydra composition / OmegaConf errors are bad input too
-            invalid.append((job, _one_line(e)))
+            invalid.append((job, _composition_line(e, job)))
     return invalid
+
+
+def _composition_line(error: Exception, job: Job) -> str:
+    """A job's composition error in the words a single run uses (a schema's refusal names the key)."""
+    from kdyn.schemas import compose_error
+
+    return compose_error(error) or _one_line(error)
 
 
 def compose_job(config: DictConfig, loader: Any, job: Job) -> DictConfig:
