@@ -185,3 +185,25 @@ def test_a_job_killed_outright_under_submitit_local(tmp_path):
         time.sleep(2)
     assert json.loads((sweep / "1" / "results.json").read_text())["status"] == "completed"
     assert not (sweep / "0" / "results.json").exists()
+
+
+def test_a_sweep_file_that_overrides_a_group_accepts_that_options_keys_on_the_command_line(tmp_path):
+    """sweeps/seeds_resuscitation.yaml chooses intervention=resuscitate in its defaults: its own keys
+    narrow the grid on the command line (as the file says), and a misspelt one is still refused, per job."""
+    from kdyn.config import CONF_DIR
+
+    sweeps = str(CONF_DIR.parent / "sweeps")
+    sweep = tmp_path / "sweep"
+    # data.batch_size=0 makes every job invalid, so nothing launches: the jobs listed are the narrowed grid
+    proc = _kdyn("kdyn.train", ["-m", "--config-dir", sweeps, "--config-name", "seeds_resuscitation",
+                                f"hydra.sweep.dir={sweep}", "intervention.p=1.5", "intervention.q=0.1,0.5",
+                                "data.batch_size=0"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "unknown key intervention.p" not in proc.stderr
+    lines = _lines(proc.stderr, "kdyn-train: job ")
+    assert len(lines) == 6 and all("data.batch_size" in line for line in lines), proc.stderr[-3000:]  # 2 cells × 3 seeds
+    assert proc.stderr.strip().splitlines()[-1].startswith("kdyn-train: error: 6 of 6 jobs are invalid")
+    typo = _kdyn("kdyn.train", ["-m", "--config-dir", sweeps, "--config-name", "seeds_resuscitation",
+                                f"hydra.sweep.dir={sweep}", "intervention.pp=1.5"], tmp_path)
+    assert typo.returncode == 2 and not sweep.exists()
+    assert "intervention.pp" in typo.stderr and "Traceback" not in typo.stderr

@@ -171,11 +171,16 @@ def check_override_keys(tool: str, argv: list[str]) -> None:
     nothing reads (``+`` on a checked node is refused by :func:`kdyn.validation.validate_config`).
 
     The config is composed once with the command line's group choices (``model=…``,
-    ``experiment=…``), only when there is a plain dotted override to check.
+    ``experiment=…``), only when there is a plain dotted override to check — the config the command
+    line names (``--config-dir sweeps --config-name seeds_resuscitation``, whose defaults may choose
+    other options) when it names one.
     """
     from omegaconf import DictConfig, OmegaConf
 
     config_name = CONFIG_OF_TOOL.get(tool)
+    source = _config_source(argv)
+    if source is None:
+        return  # --config-path (relative to a Python module): left to Hydra
     dotted, groups = [], []
     for arg in argv:
         if "=" not in arg or arg.startswith("-"):
@@ -196,7 +201,7 @@ def check_override_keys(tool: str, argv: list[str]) -> None:
     from kdyn.config import compose_config
 
     try:
-        base = compose_config(config_name, groups)
+        base = compose_config(config_name, groups) if source == (None, None) else _compose_other(source, config_name, groups)
     except KdynError:
         return  # Hydra reports a bad group choice itself
     for key in dotted:
@@ -216,6 +221,40 @@ def check_override_keys(tool: str, argv: list[str]) -> None:
 
 
 _MISSING = object()
+
+
+def _config_source(argv: list[str]) -> tuple[str | None, str | None] | None:
+    """``(config_dir, config_name)`` given by ``--config-dir``/``--config-name`` (``None`` for those not
+    given); ``None`` when ``--config-path`` names a folder relative to a module."""
+    found: dict[str, str | None] = {"dir": None, "name": None}
+    flags = {"-cd": "dir", "--config-dir": "dir", "-cn": "name", "--config-name": "name"}
+    for i, arg in enumerate(argv):
+        flag, _, value = arg.partition("=")
+        if flag in ("-cp", "--config-path"):
+            return None
+        if flag in flags:
+            found[flags[flag]] = value or (argv[i + 1] if i + 1 < len(argv) else None)
+    return found["dir"], found["name"]
+
+
+def _compose_other(source: tuple[str | None, str | None], config_name: str, overrides: list[str]) -> Any:
+    """Compose the config a command line names with ``--config-dir``/``--config-name`` (kdyn's conf/ stays
+    on the search path, as Hydra keeps the app's own config folder)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from kdyn.config import CONF_DIR
+
+    config_dir, name = source
+    folder = Path(config_dir).expanduser().resolve() if config_dir else CONF_DIR
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
+            return compose(name or config_name, overrides=[f"hydra.searchpath=[file://{CONF_DIR}]", *overrides])
+    except Exception:  # noqa: BLE001 - a bad folder or option: Hydra's own report follows
+        raise KdynError("cannot compose the named config") from None
+    finally:
+        GlobalHydra.instance().clear()
 # Options after which the command line composes another config than the tool's, or sweeps: its values
 # are then checked by Hydra and by the sweeper's pre-validation of every job.
 _OTHER_COMPOSITION = ("-m", "--multirun", "-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir",
