@@ -282,3 +282,19 @@ def test_sweep_figures_compare_conditions_in_one_figure_without_legend_warnings(
     assert sorted((r["step"], r["seed"], round(float(r["decay_constant"]), 9)) for r in rows) == [
         ("100", "0", 0.3), ("100", "1", 0.4), ("400", "0", 0.5), ("400", "1", 0.6)]
     assert {r["condition"] for r in rows} == {"all runs"}
+
+
+def test_interval_of_huge_finite_values_scales_instead_of_overflowing():
+    """A metric such as a power-law fit's x-intercept can be ~1e300 in one seed: no OverflowError,
+    and the interval is the small-number interval scaled (independent: the t quantile 4.303 for n=3)."""
+    import statistics
+
+    from kdyn.report.seeds import t_interval
+
+    small = [1.0, 3.0, 2.5]
+    iv = t_interval([x * 1e300 for x in small])
+    assert iv.n == 3
+    assert iv.mean == pytest.approx(statistics.mean(small) * 1e300, rel=1e-12)
+    assert iv.std == pytest.approx(statistics.stdev(small) * 1e300, rel=1e-12)
+    assert iv.half_width == pytest.approx(4.302652729911275 * statistics.stdev(small) / 3 ** 0.5 * 1e300, rel=1e-9)
+    assert t_interval([5.0, 5.0, 5.0]).std == 0.0

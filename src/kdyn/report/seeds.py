@@ -123,10 +123,11 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
     n = len(xs)
     if n == 0:
         return Interval(0, math.nan, None, None, None)
-    mean = math.fsum(xs) / n
+    mean = math.fsum(x / n for x in xs)  # x / n first: a sum of huge finite values (a fit's x-intercept) must not overflow
     if n < 2:
         return Interval(1, mean, None, None, None)
-    std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
+    scale = max(abs(x - mean) for x in xs)  # squares taken on a unit scale, for the same reason
+    std = 0.0 if scale == 0 else scale * math.sqrt(math.fsum(((x - mean) / scale) ** 2 for x in xs) / (n - 1))
     half = t_quantile(0.5 + level / 2, n - 1) * std / math.sqrt(n)
     return Interval(n, mean, std, mean - half, mean + half)
 
